@@ -1,0 +1,456 @@
+"""AV-HuBERT encoder: parity with the spec's equations, published key layout,
+fairseq checkpoint loading (spec §1.1-1.5)."""
+
+from __future__ import annotations
+
+import collections
+import math
+import pickle
+import sys
+import types
+import typing
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.fairseq_pickle import load_fairseq_checkpoint
+from engine.models.avhubert import BASE, LARGE, AVHubert, AVHubertConfig
+
+SMALL = AVHubertConfig(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=96, encoder_attention_heads=4)
+SEQ2SEQ = "encoder.w2v_model."
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights everywhere, including BN statistics, norms, PReLU slopes
+    and a weight_g that is not ||weight_v||, so every term of the spec matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith(("running_var", "weight_g")) or (name.endswith("weight") and t.ndim == 1):
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+            else:
+                t.copy_(torch.randn(t.shape, generator=gen) / math.sqrt(t[0].numel()))
+    return model.eval()
+
+
+def small_model(seed: int = 0) -> AVHubert:
+    return randomize(AVHubert(SMALL), seed)
+
+
+def inputs(batch: int = 2, frames: int = 6, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 104, frames, generator=gen), torch.randn(batch, 1, frames, 88, 88, generator=gen)
+
+
+# ---------------------------------------------------------------------------
+# A second, literal transcription of spec §1.2-1.4, op by op on the state dict.
+
+
+def reference_features(sd, cfg, audio, video, padding_mask=None, output_layer=None):
+    sd = {k: v.double() for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+
+    def bn(x, p):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        scale = sd[p + ".weight"].view(shape) / torch.sqrt(sd[p + ".running_var"].view(shape) + 1e-5)
+        return (x - sd[p + ".running_mean"].view(shape)) * scale + sd[p + ".bias"].view(shape)
+
+    def prelu(x, p):
+        slope = sd[p + ".weight"].view((1, -1) + (1,) * (x.ndim - 2))
+        return torch.where(x >= 0, x, slope * x)
+
+    def layer_norm(x, p):
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-5) * sd[p + ".weight"] + sd[p + ".bias"]
+
+    def linear(x, p):
+        return x @ sd[p + ".weight"].T + sd[p + ".bias"]
+
+    def gelu(x):
+        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+    def video_frontend(video):
+        r = "feature_extractor_video.resnet."
+        x = F.conv3d(video, sd[r + "frontend3D.0.weight"], stride=(1, 2, 2), padding=(2, 3, 3))
+        x = F.max_pool3d(prelu(bn(x, r + "frontend3D.1"), r + "frontend3D.2"), (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        b, c, t, h, w = x.shape
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        for layer, first_stride in zip(range(1, 5), (1, 2, 2, 2)):
+            for block in range(2):
+                p = f"{r}trunk.layer{layer}.{block}."
+                stride = first_stride if block == 0 else 1
+                out = prelu(bn(F.conv2d(x, sd[p + "conv1.weight"], stride=stride, padding=1), p + "bn1"), p + "relu1")
+                out = bn(F.conv2d(out, sd[p + "conv2.weight"], padding=1), p + "bn2")
+                if p + "downsample.0.weight" in sd:
+                    x = bn(F.conv2d(x, sd[p + "downsample.0.weight"], stride=stride), p + "downsample.1")
+                x = prelu(out + x, p + "relu2")
+        return linear(x.mean((2, 3)).view(b, t, -1), "feature_extractor_video.proj")
+
+    dim = cfg.encoder_embed_dim
+    a = None if audio is None else linear(audio.double().transpose(1, 2), "feature_extractor_audio.proj")
+    v = None if video is None else video_frontend(video.double())
+    a = torch.zeros_like(v) if a is None else a
+    v = torch.zeros_like(a) if v is None else v
+    x = linear(layer_norm(torch.cat([a, v], -1), "layer_norm"), "post_extract_proj")
+    batch, frames, _ = x.shape
+    pad = torch.zeros(batch, frames, dtype=torch.bool) if padding_mask is None else padding_mask
+    x = torch.where(pad[..., None], 0.0, x)
+
+    g, v_ = sd["encoder.pos_conv.0.weight_g"], sd["encoder.pos_conv.0.weight_v"]
+    w = g * v_ / torch.sqrt((v_**2).sum(dim=(0, 1), keepdim=True))
+    conv = F.conv1d(x.transpose(1, 2), w, sd["encoder.pos_conv.0.bias"], padding=cfg.conv_pos // 2,
+                    groups=cfg.conv_pos_groups)
+    x = x + gelu(conv[:, :, :frames]).transpose(1, 2)
+
+    heads = cfg.encoder_attention_heads
+    head_dim = dim // heads
+    for i in range(output_layer or cfg.encoder_layers):
+        p = f"encoder.layers.{i}."
+        h = layer_norm(x, p + "self_attn_layer_norm")
+        q = (linear(h, p + "self_attn.q_proj") * head_dim**-0.5).view(batch, frames, heads, head_dim)
+        k = linear(h, p + "self_attn.k_proj").view(batch, frames, heads, head_dim)
+        val = linear(h, p + "self_attn.v_proj").view(batch, frames, heads, head_dim)
+        scores = torch.einsum("bthd,bshd->bhts", q, k).masked_fill(pad[:, None, None, :], -math.inf)
+        attn = torch.einsum("bhts,bshd->bthd", scores.softmax(-1), val).reshape(batch, frames, dim)
+        x = x + linear(attn, p + "self_attn.out_proj")
+        h = layer_norm(x, p + "final_layer_norm")
+        x = x + linear(gelu(linear(h, p + "fc1")), p + "fc2")
+    return layer_norm(x, "encoder.layer_norm") if output_layer is None else x
+
+
+@pytest.mark.parametrize(
+    "modalities, output_layer",
+    [(("audio", "video"), None), (("audio",), None), (("video",), None), (("audio", "video"), 1)],
+)
+def test_matches_spec_equations(modalities, output_layer):
+    model = small_model()
+    audio, video = inputs()
+    kwargs = {"audio": audio if "audio" in modalities else None, "video": video if "video" in modalities else None}
+    with torch.no_grad():
+        ours = model.extract_features(**kwargs, output_layer=output_layer)
+    expected = reference_features(model.state_dict(), SMALL, **kwargs, output_layer=output_layer)
+    assert ours.shape == (2, 6, 64) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_padding_mask_matches_spec_and_unpadded_run():
+    model = small_model()
+    audio, video = inputs(frames=8)
+    pad = torch.zeros(2, 8, dtype=torch.bool)
+    pad[1, 5:] = True
+    audio[1, :, 5:], video[1, :, 5:] = 0, 0  # the reference collater pads with zeros
+    with torch.no_grad():
+        ours = model(audio, video, padding_mask=pad)
+        alone = model(audio[1:, :, :5], video[1:, :, :5])
+    expected = reference_features(model.state_dict(), SMALL, audio, video, padding_mask=pad)
+    torch.testing.assert_close(ours.double(), expected, atol=1e-4, rtol=1e-4)
+    # Padded frames leak neither through the positional conv nor through attention.
+    torch.testing.assert_close(ours[1, :5], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_the_video_in_eval_mode():
+    model = small_model()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    audio, video = inputs(batch=1, frames=4)
+    video.requires_grad_(True)
+    audio_only = model(audio=audio)
+    video_only = model(video=video)
+    loss = -F.cosine_similarity(audio_only, video_only, dim=-1).mean()
+    loss.backward()
+    assert video.grad is not None and torch.isfinite(video.grad).all() and video.grad.abs().sum() > 0
+
+
+def test_input_errors():
+    model = small_model()
+    audio, video = inputs()
+    with pytest.raises(ValueError, match="audio, video or both"):
+        model()
+    with pytest.raises(ValueError, match="frame count"):
+        model(audio, video[:, :, :5])
+    with pytest.raises(ValueError, match="audio must be"):
+        model(audio[:, :100])
+    with pytest.raises(ValueError, match="output_layer"):
+        model(audio, output_layer=3)
+    with pytest.raises(ValueError, match="padding_mask"):
+        model(audio, padding_mask=torch.zeros(2, 6))
+
+
+# ---------------------------------------------------------------------------
+# Key names and shapes of the published files (spec §1.5 table).
+
+
+def spec_state_dict_shapes(dim: int, ffn: int, layers: int, groups: int = 16) -> dict[str, tuple]:
+    shapes = {}
+
+    def bn(prefix, c):
+        shapes.update({f"{prefix}.{n}": (c,) for n in ("weight", "bias", "running_mean", "running_var")})
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    r = "feature_extractor_video.resnet."
+    shapes[r + "frontend3D.0.weight"] = (64, 1, 5, 7, 7)
+    bn(r + "frontend3D.1", 64)
+    shapes[r + "frontend3D.2.weight"] = (64,)
+    cin = 64
+    for layer, c in zip(range(1, 5), (64, 128, 256, 512)):
+        for block in range(2):
+            p = f"{r}trunk.layer{layer}.{block}"
+            shapes[p + ".conv1.weight"] = (c, cin if block == 0 else c, 3, 3)
+            shapes[p + ".conv2.weight"] = (c, c, 3, 3)
+            bn(p + ".bn1", c)
+            bn(p + ".bn2", c)
+            shapes[p + ".relu1.weight"] = shapes[p + ".relu2.weight"] = (c,)
+            if block == 0 and layer > 1:
+                shapes[p + ".downsample.0.weight"] = (c, cin, 1, 1)
+                bn(p + ".downsample.1", c)
+        cin = c
+    shapes |= {
+        "feature_extractor_video.proj.weight": (dim, 512),
+        "feature_extractor_video.proj.bias": (dim,),
+        "feature_extractor_audio.proj.weight": (dim, 104),
+        "feature_extractor_audio.proj.bias": (dim,),
+        "layer_norm.weight": (2 * dim,),
+        "layer_norm.bias": (2 * dim,),
+        "post_extract_proj.weight": (dim, 2 * dim),
+        "post_extract_proj.bias": (dim,),
+        "encoder.pos_conv.0.weight_v": (dim, dim // groups, 128),
+        "encoder.pos_conv.0.weight_g": (1, 1, 128),
+        "encoder.pos_conv.0.bias": (dim,),
+        "encoder.layer_norm.weight": (dim,),
+        "encoder.layer_norm.bias": (dim,),
+    }
+    for i in range(layers):
+        p = f"encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{p}self_attn.{proj}.weight"] = (dim, dim)
+            shapes[f"{p}self_attn.{proj}.bias"] = (dim,)
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes[f"{p}{norm}.weight"] = shapes[f"{p}{norm}.bias"] = (dim,)
+        shapes |= {p + "fc1.weight": (ffn, dim), p + "fc1.bias": (ffn,), p + "fc2.weight": (dim, ffn),
+                   p + "fc2.bias": (dim,)}
+    return shapes
+
+
+@pytest.mark.parametrize("cfg, dim, ffn, layers", [(BASE, 768, 3072, 12), (LARGE, 1024, 4096, 24)])
+def test_state_dict_layout_is_the_published_one(cfg, dim, ffn, layers):
+    with torch.device("meta"):
+        model = AVHubert(cfg)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == spec_state_dict_shapes(dim, ffn, layers)
+    if cfg == BASE:
+        # + final_proj, label_embs_concat (2004 k-means symbols), mask_emb: 346 keys, 103.3 M parameters.
+        assert len(ours) + 4 == 346
+        n_params = sum(p.numel() for p in model.parameters()) + 768 * 256 + 256 + 2004 * 256 + 104
+        assert round(n_params / 1e6, 1) == 103.3
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint files in the official layout.
+
+MODEL_CFG = {
+    "_name": "av_hubert", "label_rate": 25, "encoder_layers": 2, "encoder_embed_dim": 64,
+    "encoder_ffn_embed_dim": 96, "encoder_attention_heads": 4, "layer_norm_first": True, "audio_feat_dim": 104,
+    "modality_fuse": "concat", "final_dim": 16, "untie_final_proj": True, "feature_grad_mult": 0.1,
+}
+TASK_CFG = {"_name": "av_hubert_pretraining", "labels": ["km"], "normalize": True, "stack_order_audio": 4}
+
+
+class FakeDictionary:
+    """Stands for fairseq.data.dictionary.Dictionary; pickles like it (NEWOBJ + __dict__)."""
+
+    __module__, __qualname__ = "fairseq.data.dictionary", "Dictionary"
+
+    def __init__(self, symbols):
+        self.bos_word, self.unk_word, self.pad_word, self.eos_word = "<s>", "<unk>", "<pad>", "</s>"
+        self.symbols = ["<s>", "<pad>", "</s>", "<unk>"] + symbols
+        self.count = [1] * len(self.symbols)
+        self.indices = {s: i for i, s in enumerate(self.symbols)}
+        self.bos_index, self.pad_index, self.eos_index, self.unk_index = 0, 1, 2, 3
+        self.nspecial = 4
+
+
+def register_fake_classes(monkeypatch, classes):
+    """Make each class importable under its (fake) ``__module__``, parent packages included."""
+    for cls in classes:
+        parts = cls.__module__.split(".")
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            if name not in sys.modules:
+                monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+        monkeypatch.setattr(sys.modules[cls.__module__], cls.__qualname__, cls, raising=False)
+
+
+@pytest.fixture
+def fake_fairseq(monkeypatch):
+    """Register FakeDictionary as fairseq.data.dictionary.Dictionary so that pickle writes that global."""
+    register_fake_classes(monkeypatch, [FakeDictionary])
+    return FakeDictionary
+
+
+def fairseq_checkpoint(cfg, model_state, dictionary_cls):
+    """Top-level layout of fairseq's Trainer.state_dict() (spec §1.5)."""
+    return {
+        "args": None,
+        "cfg": cfg,
+        "model": model_state,
+        "criterion": collections.OrderedDict(),
+        "optimizer_history": [{"criterion_name": "AVHubertCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {"best": 3.5}, "num_updates": 1000}],
+        "task_state": {"dictionaries": [dictionary_cls([str(i) for i in range(20)])],
+                       "target_dictionary": dictionary_cls(["▁the", "s"])},
+        "extra_state": {"epoch": 3, "train_iterator": {"epoch": 3, "iterations_in_epoch": 10, "shuffle": True},
+                        "val_loss": 2.5},
+    }
+
+
+def pretrained_file(model, tmp_path, dictionary_cls, legacy=False):
+    state = collections.OrderedDict(model.state_dict())
+    state["mask_emb"] = torch.rand(104)
+    state["label_embs_concat"] = torch.rand(24, 16)
+    state["final_proj.weight"], state["final_proj.bias"] = torch.rand(16, 64), torch.rand(16)
+    cfg = {"_name": None, "common": {"seed": 1337, "fp16": True}, "model": MODEL_CFG, "task": TASK_CFG}
+    path = tmp_path / "pretrained.pt"
+    torch.save(fairseq_checkpoint(cfg, state, dictionary_cls), path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def seq2seq_file(model, tmp_path, dictionary_cls):
+    state = collections.OrderedDict((SEQ2SEQ + k, v) for k, v in model.state_dict().items())
+    state[SEQ2SEQ + "mask_emb"] = torch.rand(104)
+    state[SEQ2SEQ + "label_embs_concat"] = torch.rand(24, 16)
+    state["decoder.embed_tokens.weight"] = torch.rand(6, 64)
+    state["decoder.embed_positions._float_tensor"] = torch.zeros(1)
+    state["decoder.layers.0.encoder_attn.k_proj.weight"] = torch.rand(64, 64)
+    state["decoder.layer_norm.weight"] = torch.ones(64)
+    w2v_args = {"_name": None, "common": {"seed": 1337}, "model": MODEL_CFG, "task": TASK_CFG}
+    cfg = {"_name": None, "model": {"_name": "av_hubert_seq2seq", "w2v_path": "/x/base_vox_iter5.pt",
+                                    "w2v_args": w2v_args, "decoder_layers": 1, "feature_grad_mult": 1.0},
+           "task": {"_name": "av_hubert_pretraining", "labels": ["wrd"]}}
+    path = tmp_path / "seq2seq.pt"
+    torch.save(fairseq_checkpoint(cfg, state, dictionary_cls), path)
+    return path
+
+
+def assert_same_features(loaded: AVHubert, model: AVHubert):
+    assert not loaded.training and loaded.cfg == SMALL
+    audio, video = inputs(batch=1, frames=4)
+    with torch.no_grad():
+        assert torch.equal(loaded(audio, video), model(audio, video))
+        assert torch.equal(loaded(video=video), model(video=video))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_loads_pretrained_checkpoint(tmp_path, fake_fairseq, legacy):
+    model = small_model()
+    path = pretrained_file(model, tmp_path, fake_fairseq, legacy=legacy)
+    with pytest.raises(pickle.UnpicklingError):  # why the restricted unpickler exists
+        torch.load(path, weights_only=True)
+    assert load_fairseq_checkpoint(path)["cfg"]["model"] == MODEL_CFG
+    assert_same_features(AVHubert.from_checkpoint(path), model)
+
+
+def test_loads_seq2seq_checkpoint(tmp_path, fake_fairseq):
+    model = small_model(seed=3)
+    assert_same_features(AVHubert.from_checkpoint(seq2seq_file(model, tmp_path, fake_fairseq)), model)
+
+
+def test_missing_config_keys_fall_back_to_base_defaults():
+    cfg = {"model": {"_name": "av_hubert_seq2seq", "w2v_args": {"model": {"layer_norm_first": True}}}}
+    assert AVHubertConfig.from_fairseq_cfg(cfg) == BASE
+    with pytest.raises(ValueError, match="layer_norm_first"):
+        AVHubertConfig.from_fairseq_cfg({"model": {"_name": "av_hubert"}})  # reference default is post-LN
+    with pytest.raises(ValueError, match="modality_fuse"):
+        AVHubertConfig.from_fairseq_cfg({"model": {"layer_norm_first": True, "modality_fuse": "add"}})
+
+
+# Stand-ins for omegaconf's classes with the same pickled state (omegaconf/base.py: Node.__getstate__
+# drops _flags_cache; metadata dataclasses hold typing objects and a defaultdict resolver cache).
+
+
+class FakeMetadata:
+    __module__, __qualname__ = "omegaconf.base", "ContainerMetadata"
+
+    def __init__(self, ref_type, object_type, key):
+        self.ref_type, self.object_type, self.optional, self.key = ref_type, object_type, True, key
+        self.flags, self.flags_root = {}, False
+        self.resolver_cache = collections.defaultdict(dict)
+        self.key_type, self.element_type = typing.Any, typing.Any
+
+
+class FakeNode:
+    def __init__(self, parent, key, content=None, value=None):
+        meta = FakeMetadata(typing.Any, type(content) if content is not None else None, key)
+        if isinstance(content, list):
+            meta.ref_type = typing.List[int]
+        self.__dict__.update(_metadata=meta, _parent=parent, _flags_cache=None)
+        if content is not None:
+            self._content = content
+        else:
+            self._val = value
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_flags_cache"}
+
+
+class FakeDictConfig(FakeNode):
+    __module__, __qualname__ = "omegaconf.dictconfig", "DictConfig"
+
+
+class FakeListConfig(FakeNode):
+    __module__, __qualname__ = "omegaconf.listconfig", "ListConfig"
+
+
+class FakeAnyNode(FakeNode):
+    __module__, __qualname__ = "omegaconf.nodes", "AnyNode"
+
+
+def as_dict_config(value, parent=None, key=None):
+    if isinstance(value, dict):
+        node = FakeDictConfig(parent, key, content={})
+        node._content.update({k: as_dict_config(v, node, k) for k, v in value.items()})
+    elif isinstance(value, list):
+        node = FakeListConfig(parent, key, content=[])
+        node._content.extend(as_dict_config(v, node, i) for i, v in enumerate(value))
+    else:
+        node = FakeAnyNode(parent, key, value=value)
+    return node
+
+
+@pytest.fixture
+def fake_omegaconf(monkeypatch):
+    register_fake_classes(monkeypatch, [FakeDictConfig, FakeListConfig, FakeAnyNode, FakeMetadata])
+
+
+def test_loads_checkpoint_with_pickled_dict_config(tmp_path, fake_omegaconf, fake_fairseq):
+    model = small_model(seed=5)
+    cfg = {"_name": None, "model": MODEL_CFG, "task": TASK_CFG, "optimization": {"lr": [0.002], "update_freq": [1]}}
+    path = tmp_path / "dictconfig.pt"
+    torch.save(fairseq_checkpoint(as_dict_config(cfg), model.state_dict(), fake_fairseq), path)
+    assert load_fairseq_checkpoint(path)["cfg"] == cfg
+    assert_same_features(AVHubert.from_checkpoint(path), model)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_refuses_other_globals(tmp_path, fake_fairseq):
+    marker = tmp_path / "pwned"
+    checkpoint = fairseq_checkpoint({"model": MODEL_CFG}, small_model().state_dict(), fake_fairseq)
+    checkpoint["extra_state"]["payload"] = Exploit(marker)
+    path = tmp_path / "evil.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(pickle.UnpicklingError, match=r"posix\.system|os\.system"):
+        AVHubert.from_checkpoint(path)
+    assert not marker.exists()

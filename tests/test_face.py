@@ -1,0 +1,90 @@
+"""engine.face: MediaPipe tracking on real faces, smoothing, zero and several faces, crops."""
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import data_file
+from engine.face import Box, FaceTracker, OneEuroFilter, crop, crop_box
+
+
+def test_tracks_every_frame_of_a_real_clip_without_jitter(grid_frames):
+    frames, _ = grid_frames
+    with FaceTracker() as tracker:
+        faces = [tracker.track(f, i / 25) for i, f in enumerate(frames)]
+    assert all(f is not None for f in faces)
+    assert faces[0].landmarks.shape == (478, 2)
+    centres = np.array([f.box.center for f in faces])
+    sizes = np.array([f.box.width for f in faces])
+    # a seated speaker: the box follows the head but does not shake frame to frame
+    assert np.abs(np.diff(centres, axis=0)).max() < 3.0
+    assert np.abs(np.diff(sizes)).max() < 3.0
+    # the box holds the face: mouth landmarks (MediaPipe 13 upper lip, 14 lower lip) in the lower half
+    b = faces[40].box
+    mouth_y = faces[40].landmarks[[13, 14], 1].mean()
+    assert b.y0 + 0.5 * b.height < mouth_y < b.y1
+    face96 = crop(frames[40], b, 96)
+    assert face96.shape == (96, 96, 3) and face96.dtype == np.uint8
+
+
+def test_no_face_returns_none():
+    with FaceTracker() as tracker:
+        assert tracker.track(np.full((240, 320, 3), 127, np.uint8), 0.0) is None
+        noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        assert tracker.track(noise, 0.04) is None
+
+
+def _two_faces():
+    left = cv2.cvtColor(cv2.imread(str(data_file("images/skimage_astronaut.png"))), cv2.COLOR_BGR2RGB)
+    right = cv2.cvtColor(cv2.imread(str(data_file("images/facerec_obama.jpg"))), cv2.COLOR_BGR2RGB)
+    right = cv2.resize(right, None, fx=0.45, fy=0.45)[:512, :288]
+    canvas = np.full((512, 800, 3), 200, np.uint8)
+    canvas[:, :512] = left
+    canvas[:, 512:] = right
+    return canvas
+
+
+def test_several_faces_largest_first_then_nearest():
+    canvas = _two_faces()
+    with FaceTracker(max_faces=2) as tracker:
+        faces = tracker.detect(canvas, 0.0)
+        assert len(faces) == 2
+        largest = max(faces, key=lambda f: np.ptp(f[:, 0]) * np.ptp(f[:, 1]))
+        first = tracker.track(canvas, 0.04)
+        assert (first.box.center[0] < 512) == (largest[:, 0].mean() < 512)
+    # a track that starts on the smaller face stays on it when the larger one appears
+    with FaceTracker(max_faces=2) as tracker:
+        only_small = canvas.copy()
+        small_left = largest[:, 0].mean() >= 512
+        if small_left:
+            only_small[:, 512:] = 200
+        else:
+            only_small[:, :512] = 200
+        start = tracker.track(only_small, 0.0)
+        assert start is not None
+        kept = [tracker.track(canvas, 0.04 * i) for i in range(1, 4)]
+        assert all(f is not None and (f.box.center[0] < 512) == small_left for f in kept)
+
+
+def test_one_euro_smooths_jitter_and_follows_moves():
+    f = OneEuroFilter()
+    rng = np.random.default_rng(0)
+    noisy = [f(np.array([100.0 + rng.normal(0, 1.0)]), i / 25)[0] for i in range(50)]
+    assert np.std(noisy[10:]) < 0.6  # raw jitter std is 1.0
+    # a fast move of 200 px: within 5 frames the filter is within 10 % of it
+    out = [f(np.array([300.0]), (50 + i) / 25)[0] for i in range(5)]
+    assert out[-1] > 280
+
+
+def test_crop_box_styles_and_out_of_frame_crop():
+    pts = np.array([[100, 100], [200, 100], [150, 220]], np.float32)
+    sq = crop_box(pts, "square")
+    assert abs(sq.width - sq.height) < 1e-6 and sq.width == pytest.approx(1.1 * 120)
+    w2l = crop_box(pts, "wav2lip")
+    assert w2l.y1 > 220
+    frame = np.zeros((100, 100, 3), np.uint8)
+    frame[:, :50] = 255
+    out = crop(frame, Box(-50, -50, 50, 50), 20)  # extends past the frame: edge pixels repeat
+    assert out.shape == (20, 20, 3) and out[0, 0, 0] == 255
+    with pytest.raises(ValueError):
+        crop_box(pts, "round")

@@ -1,0 +1,108 @@
+"""Generators: our architecture at every size, Wav2Lip's published layout, checkpoint detection."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from engine.checkpoints import CheckpointError, load_generator, save_generator
+from engine.models.generator import Generator, GeneratorConfig
+from engine.models.wav2lip import Wav2Lip
+
+
+@pytest.mark.parametrize("size", [96, 128, 192, 256])
+def test_generator_builds_and_runs_at_each_size(size):
+    g = Generator(GeneratorConfig(size=size, width=0.125)).eval()
+    faces = torch.rand(2, 6, size, size)
+    faces[:, :3, size // 2:] = 0
+    out = g(faces, torch.rand(2, 1, 80, 16) * 8 - 4)
+    assert out.shape == (2, 3, size, size)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_generator_has_separate_identity_and_pose_encoders_and_uses_audio(small_generator):
+    g = small_generator
+    names = {n.split(".")[0] for n, _ in g.named_parameters()}
+    assert {"identity_encoder", "pose_encoder", "audio_encoder", "fusion", "decoder"} <= names
+    faces = torch.rand(1, 6, 96, 96, requires_grad=True)
+    mels = (torch.rand(1, 1, 80, 16) * 8 - 4).requires_grad_()
+    g(faces, mels)[:, :, 48:].sum().backward()
+    assert mels.grad.abs().sum() > 0  # the mouth depends on the audio
+    assert faces.grad[:, :3].abs().sum() > 0 and faces.grad[:, 3:].abs().sum() > 0  # on pose and identity
+    with pytest.raises(ValueError):
+        GeneratorConfig(size=100).scales()
+
+
+def test_ours_roundtrip(tmp_path, small_generator):
+    path = tmp_path / "g.pt"
+    save_generator(small_generator, path, {"steps": 1})
+    g = load_generator(path)
+    x, m = torch.rand(3, 6, 96, 96), torch.rand(3, 1, 80, 16)
+    assert torch.equal(g(x, m), small_generator(x, m))
+    assert g.info.kind == "dubcam" and g.meta["steps"] == 1
+
+
+def wav2lip_file(tmp_path, prefix="module."):
+    """A file in the published wav2lip.pth layout (random weights)."""
+    torch.manual_seed(0)
+    net = Wav2Lip()
+    sd = {prefix + k: v for k, v in net.state_dict().items()}
+    path = tmp_path / "wav2lip.pth"
+    torch.save({"state_dict": sd, "optimizer": {"state": {}, "param_groups": []},
+                "global_step": 1000, "global_epoch": 3}, path)
+    return net.eval(), path
+
+
+@pytest.mark.parametrize("prefix", ["module.", ""])
+def test_wav2lip_published_layout_loads_and_flips_bgr(tmp_path, prefix):
+    net, path = wav2lip_file(tmp_path, prefix)
+    assert "face_encoder_blocks.0.0.conv_block.0.weight" in net.state_dict()
+    assert sum(p.numel() for p in net.parameters()) == 36_298_035
+    g = load_generator(path)
+    assert g.info.kind == "wav2lip" and g.info.mel_offset_s == 0.0 and g.info.identity == "current"
+    rgb = torch.rand(1, 6, 96, 96)
+    m = torch.rand(1, 1, 80, 16)
+    with torch.no_grad():
+        ours = g(rgb, m)
+        ref = net(rgb[:, [2, 1, 0, 5, 4, 3]], m)[:, [2, 1, 0]]
+    assert torch.allclose(ours, ref)
+
+
+def test_wrong_kinds_are_refused_with_a_clear_message(tmp_path):
+    from engine.models.blocks import ConvBlock
+
+    expert = tmp_path / "lipsync_expert.pth"
+    torch.save({"state_dict": {"face_encoder.0.conv_block.0.weight": torch.zeros(1),
+                               "audio_encoder.0.conv_block.0.weight": torch.zeros(1)}}, expert)
+    with pytest.raises(CheckpointError, match="lip-sync expert"):
+        load_generator(expert)
+
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="not a known checkpoint"):
+        load_generator(other)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_generator(evil)
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_generator(text)
+
+    truncated = tmp_path / "cut.pt"
+    _, full = wav2lip_file(tmp_path)
+    truncated.write_bytes(full.read_bytes()[:100_000])
+    with pytest.raises(CheckpointError):
+        load_generator(truncated)
+
+    with pytest.raises(FileNotFoundError):
+        load_generator(tmp_path / "nope.pt")
+    assert ConvBlock(4, 4, 3, 1, 1, residual=True)(torch.rand(1, 4, 8, 8)).shape == (1, 4, 8, 8)

@@ -1,0 +1,106 @@
+"""realtime.pipeline driven frame by frame with a real clip and a small random generator."""
+
+import numpy as np
+import pytest
+
+from engine import backends
+from engine.audio import SAMPLE_RATE
+from realtime.pipeline import Pipeline, PipelineConfig
+
+
+@pytest.fixture
+def pipeline(small_generator):
+    p = Pipeline(backends.load(small_generator, "onnxruntime"), PipelineConfig(chunk=5))
+    yield p
+    p.close()
+
+
+def feed(p, frames, audio, fps=25.0, audio_piece=320):
+    """Push frames and 20 ms audio pieces in timestamp order; return what was pulled, with the audio time at pull."""
+    out, a = [], 0
+    for i, frame in enumerate(frames):
+        t = i / fps
+        while a < len(audio) and a / SAMPLE_RATE <= t:
+            p.push_audio(audio[a: a + audio_piece], a / SAMPLE_RATE)
+            a += audio_piece
+        p.push_video(frame, t)
+        out += [(f, a / SAMPLE_RATE) for f in p.pull()]
+    if a < len(audio):
+        p.push_audio(audio[a:], a / SAMPLE_RATE)
+    p.end_audio()
+    p.end_video()
+    out += [(f, len(audio) / SAMPLE_RATE) for f in p.pull()]
+    return out
+
+
+def test_every_frame_comes_out_in_order_once_its_audio_has_arrived(pipeline, grid_frames):
+    frames, audio = grid_frames
+    out = feed(pipeline, frames, audio)
+    assert [f.t for f, _ in out] == [i / 25 for i in range(len(frames))]
+    assert all(f.generated for f, _ in out)
+    lookahead = pipeline.info.lookahead_s
+    for f, audio_t in out[:-10]:  # before the end of the stream, windows wait for their audio
+        assert audio_t >= f.t + lookahead - 1 / 25
+    assert pipeline.stats.chunks == 15 and pipeline.stats.passthrough == 0
+    # media-time wait: the lookahead, plus up to 4 frames of chunk filling
+    waits = [f.wait_s for f, _ in out[:-5]]  # the last chunk leaves at the end of the stream
+    assert min(waits) >= lookahead - 1 / 25 and max(waits) <= lookahead + 4 / 25 + 1 / 25
+    assert all(f.latency_s >= f.wait_s for f, _ in out)
+    # only the mouth region changed
+    diff = np.abs(out[30][0].image.astype(int) - frames[30]).sum(axis=2) > 0
+    ys, xs = np.nonzero(diff)
+    assert diff.any() and ys.min() > 110 and ys.max() < 270
+
+
+def test_frames_without_face_pass_through_with_a_fade(pipeline, grid_frames):
+    frames, audio = grid_frames
+    frames = frames[:40].copy()
+    frames[15:25] = 128  # ten frames without a face
+    out = feed(pipeline, frames, audio)
+    assert [f.t for f, _ in out] == [i / 25 for i in range(40)]
+    gen = [f.generated for f, _ in out]
+    # the region fades out over the first 3 lost frames (alpha 0.75, 0.5, 0.25), then passes through
+    assert gen[:18] == [True] * 18 and gen[18:25] == [False] * 7 and all(gen[25:])
+    for f, _ in out[18:25]:
+        assert f.reason == "no_face"
+    assert np.array_equal(out[20][0].image, frames[20])
+    assert pipeline.stats.events["face_lost"] == 1 and pipeline.stats.passthrough == 7
+    # fading in: the first frame back changes less than a later one
+    d_back = np.abs(out[25][0].image.astype(int) - frames[25]).sum()
+    d_later = np.abs(out[35][0].image.astype(int) - frames[35]).sum()
+    assert d_back < d_later
+
+
+def test_missing_audio_does_not_hold_video_back(pipeline, grid_frames):
+    frames, _ = grid_frames
+    released = []
+    for i, frame in enumerate(frames[:40]):
+        pipeline.push_video(frame, i / 25)
+        released += pipeline.pull()
+    # no audio at all: frames still leave, with bounded latency, mouth closed on silence
+    assert len(released) >= 40 - 20
+    bound = pipeline.info.lookahead_s + pipeline.config.max_audio_wait_s + 5 / 25  # + chunk filling
+    assert max(f.wait_s for f in released) <= bound
+    assert pipeline.stats.events["audio_late"] >= len(released)
+
+
+def test_short_last_chunk_and_timestamp_errors(pipeline, grid_frames):
+    frames, audio = grid_frames
+    out = feed(pipeline, frames[:7], audio[: 7 * 640])
+    assert len(out) == 7 and pipeline.stats.chunks == 2
+    with pytest.raises(ValueError, match="increase"):
+        pipeline.push_video(frames[0], 0.1)
+
+
+def test_wav2lip_style_model_uses_the_current_frame_as_identity(tmp_path, grid_frames):
+    from test_models import wav2lip_file
+
+    frames, audio = grid_frames
+    _, path = wav2lip_file(tmp_path)
+    p = Pipeline(backends.load(path, "torch"), PipelineConfig(chunk=5))
+    try:
+        out = feed(p, frames[:10], audio[: 10 * 640])
+    finally:
+        p.close()
+    assert len(out) == 10 and all(f.generated for f, _ in out)
+    assert p.info.mel_offset_s == 0.0
