@@ -102,6 +102,13 @@ def _frames_to_mel(frames: np.ndarray) -> np.ndarray:
     return np.clip(8.0 * (db + 100.0) / 100.0 - 4.0, -4.0, 4.0).astype(np.float32)
 
 
+def _frame(y: np.ndarray, n_frames: int) -> np.ndarray:
+    """``[n_frames, 800]`` read-only view of ``y`` at hop 200 (``len(y) ≥ 200·(n_frames-1) + 800``)."""
+    step = y.strides[0]
+    return np.lib.stride_tricks.as_strided(y, shape=(n_frames, N_FFT), strides=(HOP * step, step),
+                                           writeable=False)
+
+
 def _preemphasis(x: np.ndarray, prev: float) -> np.ndarray:
     y = x.astype(np.float64)
     y[1:] -= PREEMPHASIS * x[:-1]
@@ -130,8 +137,7 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
         raise AudioError(f"audio too short for a mel spectrogram: {len(wav)} samples")
     y = np.pad(_preemphasis(wav, 0.0), N_FFT // 2, mode="reflect")
     n_frames = 1 + len(wav) // HOP
-    frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP][:n_frames]
-    return _frames_to_mel(frames)
+    return _frames_to_mel(_frame(y, n_frames))
 
 
 class MelStream:
@@ -148,6 +154,7 @@ class MelStream:
     """
 
     def __init__(self):
+        _mel_basis()  # build the filterbank (and import librosa) now, not on the first audio piece
         self._pre = np.zeros(0, dtype=np.float64)  # pre-emphasised samples still needed
         self._pre_offset = 0  # sample index of self._pre[0]
         self._head: np.ndarray | None = None  # first 401 pre-emphasised samples (reflect head)
@@ -195,8 +202,7 @@ class MelStream:
             seg = np.concatenate([self._head[1: 1 - lo][::-1], seg])
         if hi > self.n_samples:
             seg = np.concatenate([seg, self._pre[len(self._pre) - (hi - self.n_samples) - 1: -1][::-1]])
-        frames = np.lib.stride_tricks.sliding_window_view(seg, N_FFT)[::HOP][: end - start]
-        self._frames.append(_frames_to_mel(frames))
+        self._frames.append(_frames_to_mel(_frame(np.ascontiguousarray(seg), end - start)))
         self.n_frames = end
         # Keep what the next frame needs, and the last 401 samples for the reflect tail.
         keep_from = max(0, min(end * HOP - half, self.n_samples - half - 1))

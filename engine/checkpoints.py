@@ -68,6 +68,35 @@ def _strip_module(sd: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
+def load_weights(model: torch.nn.Module, path: str | Path, ignore: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Load a raw state dict, or a ``{"state_dict": ...}`` one (``module.``
+    stripped), read with ``weights_only=True``, into ``model``.
+
+    Keys that start with a prefix in ``ignore`` are dropped first (heads the
+    model does not use). Only absent or extra BatchNorm
+    ``num_batches_tracked`` entries are forgiven (whether published files
+    carry them varies, spec §6). Returns the model in eval mode.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: unreadable file, not a state dict, or weights that
+            do not fit (the misfitting keys are listed).
+    """
+    checkpoint = safe_load(path)
+    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: not a state dict")
+    state_dict = {k: v for k, v in _strip_module(state_dict).items() if not (ignore and k.startswith(ignore))}
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {e}") from e
+    misfits = [k for k in result.missing_keys + result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    if misfits:
+        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}; missing or unexpected: {misfits}")
+    return model.eval()
+
+
 def describe(obj) -> str:
     """A short name of what a loaded checkpoint object is, for error messages."""
     if isinstance(obj, dict):
@@ -83,15 +112,24 @@ def describe(obj) -> str:
             return "a Wav2Lip lip-sync expert (SyncNet_color): pass it as --syncnet"
         if any(k.startswith("netcnnaud.") for k in keys):
             return "a syncnet_python model (syncnet_v2.model): pass it as --syncnet"
+        if "Mixed_7c.branch_pool.conv.weight" in keys:
+            return "pytorch-fid's FID Inception weights: pass them as --inception"
         if "cfg" in obj and "model" in obj:
             return "a fairseq checkpoint (AV-HuBERT?): pass it as --avhubert"
     return "not a known checkpoint"
 
 
-def save_generator(model: torch.nn.Module, path: str | Path, meta: dict | None = None) -> None:
-    """Write our generator format (atomic). ``meta``: free-form provenance (data, steps, scores)."""
+def save_generator(model: torch.nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> None:
+    """Write our generator format (atomic). ``meta``: free-form provenance (data, steps, scores).
+
+    ``half`` stores floating-point tensors as float16 (half the file; they
+    load back into float32 parameters, a relative change of about 1e-3).
+    """
+    sd = model.state_dict()
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
     atomic_save({"format": FORMAT, "version": VERSION, "config": model.config_dict(),
-                 "state_dict": model.state_dict(), "meta": dict(meta or {})}, path)
+                 "state_dict": sd, "meta": dict(meta or {})}, path)
 
 
 def load_generator(path: str | Path) -> torch.nn.Module:

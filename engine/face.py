@@ -225,3 +225,227 @@ class FaceTracker:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ---------------------------------------------------------------------------
+# AV-HuBERT's mouth ROI (spec §1.6) from MediaPipe landmarks.
+#
+# The reference recipe (av_hubert ``preparation/align_mouth.py``, after
+# Lipreading_using_TCN) works on dlib's 68 points; this one on MediaPipe's 478.
+# Where it differs from the original:
+#
+# * Landmarks: MediaPipe FaceLandmarker (the tracked face) instead of dlib HOG
+#   or CNN detection + ``shape_predictor_68_face_landmarks`` (several faces:
+#   the tracker's choice, not the last one found).
+# * Mean face: ``engine/assets/mediapipe_mean_face.npy``, the generalised
+#   Procrustes mean of MediaPipe landmarks over GRID training clips
+#   (``tools/mean_face.py``), placed on the 256x256 canvas with its outer eye
+#   corners level and 82 px apart and its mouth centre at (128, 163), instead of
+#   ``20words_mean_face.npy`` (the mean dlib landmarks of LRW). That scale was
+#   chosen by eye (a 96x96 ROI from above the nose tip to the chin, the mouth
+#   about half its width), not measured against the original file.
+# * Stable points: the MediaPipe points at dlib's [33, 36, 39, 42, 45]
+#   (:data:`STABLE_POINTS`); mouth points: 20 MediaPipe lip points at dlib's
+#   48-67 (:data:`MOUTH_POINTS`), a common correspondence, not an exact one.
+# * The warp goes straight from the frame to the 96x96 ROI (one affine,
+#   :func:`mouth_roi_affines`) with cv2 instead of warping to the 256 canvas
+#   with skimage and cutting: the same pixels (within 0.02 grey levels,
+#   tests/test_mouth_roi.py).
+# * Grey first, float throughout: the frame is converted to grey (BT.601,
+#   cv2) and warped bilinearly in float. The original warps the colour frame,
+#   truncates it to uint8, stores an H.264 mp4 and converts to grey when
+#   loading: up to one grey level of difference, plus its compression.
+# * A mouth centre more than 5 px outside the canvas is clamped like a nearer
+#   one; the original raises ("too much bias").
+# * Frames without a face are interpolated as in the original; a video with no
+#   face at all raises instead of being resized whole to 96x96.
+
+MEAN_FACE = ASSETS / "mediapipe_mean_face.npy"
+ROI_CANVAS = 256
+"""Side of the reference canvas the mean face lives on (``STD_SIZE``)."""
+MOUTH_ROI_SIZE = 96
+"""Side of the mouth ROI cut around the mouth centre (``crop_width/height``)."""
+MOUTH_ROI_CROP = 88
+"""Side of the centre crop AV-HuBERT sees at test time."""
+MOUTH_ROI_WINDOW = 12
+"""Frames whose stable points are averaged for one frame's alignment (``window_margin``)."""
+STABLE_POINTS = (2, 33, 133, 362, 263)
+"""MediaPipe points at dlib's stable points 33 (bottom of the nose, centre),
+36 / 39 (right eye outer / inner corner) and 42 / 45 (left eye inner / outer corner)."""
+MOUTH_POINTS = (61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,  # outer lip, dlib 48-59
+                78, 82, 13, 312, 308, 317, 14, 87)  # inner lip, dlib 60-67
+"""MediaPipe lip points at dlib's mouth points 48-67 (corner, clockwise in the image from the
+subject's right corner, outer contour then inner contour)."""
+OUTER_EYE_CORNERS = (33, 263)
+"""MediaPipe outer eye corners (dlib 36, 45); their distance is the inter-ocular distance."""
+
+
+def track_landmarks(frames, fps: float = 25.0, model_path: str | Path | None = None) -> np.ndarray:
+    """Landmarks of the tracked face in every frame of a clip.
+
+    Args:
+        frames: iterable of RGB uint8 H×W×3 frames, in order.
+        fps: their frame rate (timestamps ``i / fps`` for MediaPipe).
+        model_path: the face landmarker bundle (default: bundled).
+
+    Returns:
+        ``[T, 478, 2]`` float32 pixels (x, y); rows of frames without a face are NaN.
+
+    Raises:
+        ValueError: no frames; FileNotFoundError: no model bundle.
+    """
+    rows = []
+    with FaceTracker(hold=0, model_path=model_path) as tracker:
+        for i, frame in enumerate(frames):
+            face = tracker.track(frame, i / fps)
+            rows.append(face.landmarks if face is not None else np.full((478, 2), np.nan, np.float32))
+    if not rows:
+        raise ValueError("no frames")
+    return np.stack(rows).astype(np.float32)
+
+
+def interpolate_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """Fill frames without a face (NaN rows of ``[T, N, 2]``) as the reference
+    recipe does (``landmarks_interpolate``, spec §1.6): linearly between the
+    nearest frames with a face; before the first and after the last such frame,
+    a copy of it. Returns a new float64 array.
+
+    Raises:
+        ValueError: no frame has a face.
+    """
+    landmarks = np.array(landmarks, dtype=np.float64)
+    valid = ~np.isnan(landmarks).any(axis=(1, 2))
+    if not valid.any():
+        raise ValueError("no face found in any frame")
+    idx = np.flatnonzero(valid)
+    frames = np.arange(len(landmarks))
+    flat = landmarks.reshape(len(landmarks), -1)
+    for j in range(flat.shape[1]):
+        flat[:, j] = np.interp(frames, idx, flat[idx, j])
+    return flat.reshape(landmarks.shape)
+
+
+def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transforms (rotation, uniform scale,
+    translation; Umeyama 1991, as skimage's ``estimate_transform('similarity')``)
+    that map each point set of ``src`` onto ``dst``.
+
+    Args:
+        src: ``[T, N, 2]`` (or ``[N, 2]``) point sets, pixels.
+        dst: ``[N, 2]`` target points.
+
+    Returns:
+        ``[T, 2, 3]`` (or ``[2, 3]``) float64 affines: ``dst ≈ A[:, :2] @ src + A[:, 2]``.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    single = src.ndim == 2
+    src = src[None] if single else src
+    dst = np.asarray(dst, dtype=np.float64)
+    src_mean, dst_mean = src.mean(axis=1), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean[:, None], dst - dst_mean
+    cov = np.einsum("ni,tnj->tij", dst_c, src_c) / src.shape[1]  # [T, 2, 2]
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones((len(src), 2))
+    d[np.linalg.det(cov) < 0, 1] = -1
+    rotation = u @ (d[:, :, None] * vt)
+    scale = (s * d).sum(axis=1) / (src_c**2).mean(axis=1).sum(axis=1)
+    linear = scale[:, None, None] * rotation
+    translation = dst_mean - np.einsum("tij,tj->ti", linear, src_mean)
+    out = np.concatenate([linear, translation[:, :, None]], axis=2)
+    return out[0] if single else out
+
+
+def apply_affines(affines: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``[T, 2, 3]`` affines applied to ``[T, N, 2]`` points → ``[T, N, 2]`` float64."""
+    return np.einsum("tij,tnj->tni", affines[:, :, :2], points) + affines[:, None, :, 2]
+
+
+def mean_face() -> np.ndarray:
+    """The bundled MediaPipe mean face on the 256×256 canvas: ``[478, 2]`` float64 pixels."""
+    return np.load(MEAN_FACE).astype(np.float64)
+
+
+def mouth_roi_affines(landmarks: np.ndarray, window: int = MOUTH_ROI_WINDOW,
+                      reference: np.ndarray | None = None) -> np.ndarray:
+    """Per-frame affines from frame pixels to the 96×96 mouth ROI (spec §1.6).
+
+    Frame i's stable points (:data:`STABLE_POINTS`) are averaged over frames
+    ``i .. i + w - 1`` with ``w = min(T, window)``; the similarity transform
+    that best maps them onto the mean face's gives the canvas; the ROI is the
+    96×96 square of the canvas around the mean of frame i's own (unsmoothed)
+    :data:`MOUTH_POINTS`, its centre clamped to keep it on the canvas and
+    rounded to whole pixels. The last ``w - 1`` frames reuse frame ``T - w``'s
+    alignment, as the original does. Differences to the dlib original are
+    listed above this function in the source.
+
+    The same affine serves the metrics (``cv2.warpAffine``, :func:`mouth_rois`)
+    and a differentiable path (``F.grid_sample`` with its inverse); pixel
+    centres are at integer coordinates in both frame and ROI.
+
+    Args:
+        landmarks: ``[T, 478, 2]`` frame pixels; NaN rows (no face) are
+            interpolated (:func:`interpolate_landmarks`).
+        window: frames averaged (12 in the recipe).
+        reference: ``[478, 2]`` mean face on the 256 canvas (default: bundled).
+
+    Returns:
+        ``[T, 2, 3]`` float64: ``roi_xy = A[:, :2] @ frame_xy + A[:, 2]``.
+
+    Raises:
+        ValueError: not ``[T, 478, 2]`` with T ≥ 1, ``window`` < 1, or no face in any frame.
+    """
+    landmarks = np.asarray(landmarks)
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (478, 2) or len(landmarks) == 0:
+        raise ValueError(f"expected [T, 478, 2] landmarks, got {landmarks.shape}")
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    landmarks = interpolate_landmarks(landmarks)
+    reference = mean_face() if reference is None else np.asarray(reference, dtype=np.float64)
+    n, w = len(landmarks), min(len(landmarks), window)
+    stable = landmarks[:, STABLE_POINTS]
+    sums = np.concatenate([np.zeros_like(stable[:1]), np.cumsum(stable, axis=0)])
+    smoothed = (sums[w:] - sums[:-w]) / w  # frames 0 .. n-w
+    smoothed = np.concatenate([smoothed, np.repeat(smoothed[-1:], w - 1, axis=0)])
+    affines = similarity_transforms(smoothed, reference[list(STABLE_POINTS)])
+    mouth = apply_affines(affines, landmarks[:, MOUTH_POINTS]).mean(axis=1)
+    half = MOUTH_ROI_SIZE // 2
+    corner = np.round(np.clip(mouth, half, ROI_CANVAS - half)) - half
+    affines[:, :, 2] -= corner
+    return affines
+
+
+def mouth_rois(frames, affines: np.ndarray) -> np.ndarray:
+    """AV-HuBERT's video input of a clip (spec §1.6): grey mouth ROIs.
+
+    Each RGB frame is converted to grey (BT.601: 0.299 R + 0.587 G + 0.114 B,
+    ``cv2.COLOR_RGB2GRAY``), warped by its affine to 96×96 (bilinear, black
+    outside the frame), centre-cropped to 88×88, scaled to [0, 1] and
+    normalised with AV-HuBERT's ``(x - 0.421) / 0.165``.
+
+    Args:
+        frames: iterable of RGB uint8 H×W×3 frames (at least as many as affines).
+        affines: ``[T, 2, 3]`` from :func:`mouth_roi_affines`.
+
+    Returns:
+        ``[T, 88, 88]`` float32; ``torch.from_numpy(x)[None, None]`` is
+        ``AVHubert.extract_features(video=...)``'s ``[1, 1, T, 88, 88]``.
+
+    Raises:
+        ValueError: fewer frames than affines, or a frame that is not RGB uint8.
+    """
+    from engine.models.avhubert import IMAGE_MEAN, IMAGE_STD
+
+    off = (MOUTH_ROI_SIZE - MOUTH_ROI_CROP) // 2
+    out = np.empty((len(affines), MOUTH_ROI_CROP, MOUTH_ROI_CROP), np.float32)
+    n = 0
+    for frame, affine in zip(frames, affines):
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"expected an H×W×3 uint8 RGB frame, got {frame.dtype} {frame.shape}")
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        roi = cv2.warpAffine(grey, affine, (MOUTH_ROI_SIZE, MOUTH_ROI_SIZE), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out[n] = roi[off: off + MOUTH_ROI_CROP, off: off + MOUTH_ROI_CROP]
+        n += 1
+    if n < len(affines):
+        raise ValueError(f"{len(affines)} affines but only {n} frames")
+    return (out / 255.0 - IMAGE_MEAN) / IMAGE_STD

@@ -3,6 +3,7 @@
     realtime demo                       bundled face + bundled speech → demo.mp4
     realtime run --video FACE --audio SPEECH --out OUT.mp4
     realtime run --video FACE --text "Hello there" --out OUT.mp4
+    realtime cam | serve --webrtc | devices | bench   live use (realtime/cli_live.py)
 
 ``realtime <command> --help`` explains each command's options.
 """
@@ -29,8 +30,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", type=Path, default=None,
                    help="generator weights: a dubcam generator.pt or Wav2Lip's wav2lip.pth / wav2lip_gan.pth "
                         f"(default: the bundled model, {DEFAULT_CHECKPOINT.name})")
-    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="inference backend; auto = ONNX Runtime if installed, else torch (default: auto)")
+    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
+                   help="inference backend; auto = TensorRT when an engine was built for the checkpoint "
+                        "(tools/export_trt.py) and a GPU is here, else ONNX Runtime if installed, else torch; "
+                        "--checkpoint may also name an engine folder (default: auto)")
+    g.add_argument("--int8", action="store_true",
+                   help="run the INT8 version of the generator in ONNX Runtime (CPU; ~1.5x faster, "
+                        "calibrated on the bundled demo face; made once and cached)")
     g.add_argument("--device", default="cpu", help="cpu or cuda[:n] (default: cpu)")
     g.add_argument("--chunk", type=int, default=5, metavar="K",
                    help="frames per generator call; larger chunks are faster but add latency (default: 5)")
@@ -38,18 +44,23 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="face size S the checkpoint must have (default: whatever the checkpoint was trained at)")
 
 
-def _build_pipeline(args):
+def _pipeline_factory(args):
+    """Load the backend once; return a function that makes a new Pipeline on it (one per live session)."""
     from engine import backends
     from realtime.pipeline import Pipeline, PipelineConfig
 
     ckpt = args.checkpoint or DEFAULT_CHECKPOINT
     if args.checkpoint is None and not ckpt.is_file():
         raise FileNotFoundError(f"the bundled generator is missing ({ckpt}); pass --checkpoint PATH")
-    backend = backends.load(ckpt, kind=args.backend, device=args.device)
+    backend = backends.load(ckpt, kind=args.backend, device=args.device, int8=args.int8)
     if args.size is not None and args.size != backend.info.size:
         raise ValueError(f"{ckpt} works on {backend.info.size}px faces, not --size {args.size}")
     log.info("generator: %s (%s, %dpx) on %s", ckpt, backend.info.kind, backend.info.size, backend.name)
-    return Pipeline(backend, PipelineConfig(chunk=args.chunk))
+    return lambda: Pipeline(backend, PipelineConfig(chunk=args.chunk))
+
+
+def _build_pipeline(args):
+    return _pipeline_factory(args)()
 
 
 def _run_job(args, video: Path, audio_path: Path, out: Path) -> int:
@@ -113,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _model_options(r)
     r.set_defaults(func=cmd_run)
+    from realtime.cli_live import add_live_commands
+
+    add_live_commands(sub, _model_options)
     return p
 
 
@@ -121,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.backends import BackendError
     from engine.checkpoints import CheckpointError
     from engine.media import MediaError
+    from realtime.devices import DeviceError
     from realtime.runner import NoFaceError
 
     args = build_parser().parse_args(argv)
@@ -129,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (FileNotFoundError, AudioError, MediaError, CheckpointError, BackendError, NoFaceError,
-            ValueError) as e:
+            DeviceError, ValueError) as e:
         print(f"realtime: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

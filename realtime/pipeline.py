@@ -39,6 +39,7 @@ import numpy as np
 from engine.audio import MEL_WINDOW, SAMPLE_RATE, MelStream, window_start
 from engine.compose import Compositor
 from engine.face import Box, FaceTracker, crop
+from engine.models import generator_faces
 from engine.backends import Backend
 
 STAGES = ("tracking", "mel", "generator", "compositing")
@@ -257,15 +258,8 @@ class Pipeline:
         return True
 
     def _run_chunk(self, chunk: list[_Frame], frames: list[_Frame]) -> None:
-        S = self.info.size
         t0 = time.perf_counter()
-        pose = np.stack([c.crop for c in chunk]).astype(np.float32) / 255.0
-        pose = pose.transpose(0, 3, 1, 2)
-        if self.info.identity == "current":
-            identity = pose.copy()
-        else:
-            identity = np.repeat((self._identity.astype(np.float32) / 255.0).transpose(2, 0, 1)[None], len(chunk), 0)
-        pose[:, :, S // 2:] = 0.0
+        faces = generator_faces(np.stack([c.crop for c in chunk]), self._identity, self.info)
         mels = np.stack([self.mel.frames(c.mel_start, c.mel_start + MEL_WINDOW) for c in chunk])[:, None]
         missing = sum(not self.mel.closed and self.mel.n_frames < c.mel_start + MEL_WINDOW for c in chunk)
         if missing:
@@ -273,7 +267,7 @@ class Pipeline:
         silent = int((mels.reshape(len(chunk), -1).max(axis=1) < self.config.silence_level).sum())
         if silent:
             self.stats.count("silent", silent)
-        generated = self.backend.run(np.concatenate([pose, identity], axis=1), mels)
+        generated = self.backend.run(faces, mels)
         t1 = time.perf_counter()
         self.stats.stage_s["generator"] += t1 - t0
         self.stats.chunks += 1

@@ -4,18 +4,33 @@
 the same real-time pipeline the live plugin uses: items are pushed in
 timestamp order, as a demuxer would deliver them (or as they would arrive
 live), and composited frames are pulled and written as soon as the pipeline
-releases them.
+releases them, as fast as the machine allows (fast mode).
+
+The live half (:class:`LiveRunner`, :func:`run_live`) runs the same
+pipeline behind capture threads, one inference thread and an output side
+that shows every frame a fixed latency after its capture (DESIGN.md drop
+policy); :class:`Paced` plays files at real-time speed through it, and
+:class:`AudioDelay` holds the driving audio for the outputs that play it
+with the same delay.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realtime.pipeline import Pipeline
+import numpy as np
+
+from engine.audio import SAMPLE_RATE
+from realtime.pipeline import OutputFrame, Pipeline
 from realtime.sinks import Mp4Sink
 from realtime.sources import AudioFileSource, VideoFileSource
+
+log = logging.getLogger("realtime.runner")
 
 
 class NoFaceError(ValueError):
@@ -132,3 +147,436 @@ def run_file(pipeline: Pipeline, video: str | Path, audio: AudioFileSource, out:
     return RunReport(frames=sink.frames, seconds=time.perf_counter() - t_start, latency_p50=p50,
                      latency_p95=p95, generated=st.generated, passthrough=passthrough, events=events,
                      stage_s={**st.stage_s, **stages}, duration=sink.frames / source.fps)
+
+
+# -- live: threads, bounded queues, pacing, drop policy ------------------------------------------
+
+class MediaClock:
+    """The session clock: seconds since it was made (``time.monotonic``); every live timestamp is on it."""
+
+    def __init__(self):
+        self._t0 = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+
+class AudioDelay:
+    """The driving audio stored by timestamp and read back later: the delay line of the audio outputs.
+
+    ``write(samples, t)``: ``[n]`` float32 16 kHz mono whose first sample
+    is at ``t`` seconds (session clock). ``read(t, n)``: ``[n]`` float32
+    from ``t`` on; silence where nothing was written. Keeps ``keep_s``
+    seconds before the latest read. Thread-safe.
+    """
+
+    def __init__(self, keep_s: float = 5.0):
+        self._chunks: deque[tuple[int, np.ndarray]] = deque()
+        self._keep = int(keep_s * SAMPLE_RATE)
+        self._lock = threading.Lock()
+
+    def write(self, samples: np.ndarray, t: float) -> None:
+        samples = np.asarray(samples, np.float32).reshape(-1).copy()
+        with self._lock:
+            self._chunks.append((int(round(t * SAMPLE_RATE)), samples))
+
+    def read(self, t: float, n: int) -> np.ndarray:
+        start = int(round(t * SAMPLE_RATE))
+        out = np.zeros(n, np.float32)
+        with self._lock:
+            while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) < start - self._keep:
+                self._chunks.popleft()
+            for s, a in self._chunks:
+                lo, hi = max(s, start), min(s + len(a), start + n)
+                if hi > lo:
+                    out[lo - start: hi - start] = a[lo - s: hi - s]
+        return out
+
+
+def default_latency(pipeline: Pipeline, fps: float = 25.0, compute_s: float = 0.1) -> float:
+    """Added latency a live session is scheduled at (s): mel lookahead + chunk filling + ``compute_s``.
+
+    ``compute_s`` covers audio delivery (a 20 ms block plus device
+    buffering), the generator call and compositing; ``realtime bench``
+    measures them and prints the latency this machine needs.
+    """
+    return pipeline.info.lookahead_s + (pipeline.config.chunk - 1) / fps + compute_s
+
+
+@dataclass
+class LiveStats:
+    """What a live session did, frame by frame.
+
+    passthrough: frames shown unmodified, by reason: ``no_face``;
+    ``dropped`` (never reached the generator: the input queue was full or
+    the frame was already past its deadline); ``late`` (generated after its
+    deadline). skipped: frames never shown because the output side was
+    slower than the capture. latencies: per shown frame, wall time it left −
+    its capture time (s). ready: per generated frame, wall time its
+    composite was ready − capture time (s). max_queue: most frames ever
+    waiting for the generator. silence_s: driving audio filled with silence
+    because none arrived.
+    """
+
+    frames_in: int = 0
+    frames_out: int = 0
+    generated: int = 0
+    skipped: int = 0
+    passthrough: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    ready: list[float] = field(default_factory=list)
+    max_queue: int = 0
+    silence_s: float = 0.0
+    first_out: float | None = None
+    last_out: float | None = None
+
+
+class LiveRunner:
+    """The live form of the pipeline: capture pushes, one inference thread computes, the output side pulls on time.
+
+    Every captured frame is shown exactly ``latency_s`` after its capture
+    time: the composite when it is ready by then, else the frame itself
+    (DESIGN.md drop policy: real time wins over completeness). Frames wait
+    for the generator in a queue of at most ``max_queue`` (default 2 chunks);
+    when it is full the oldest is dropped (it will pass through), and a
+    frame the worker reaches too late to finish in time (:meth:`_in_time`)
+    is dropped unspent, so compute that falls behind never makes latency
+    grow, and what it computes is mostly in time. When no driving audio
+    arrives for ``audio_timeout_s`` the runner feeds silence (the mouth
+    closes) and video keeps flowing.
+
+    Producers call :meth:`push_video` / :meth:`push_audio` with timestamps
+    on ``clock``; consumers call :meth:`next_output` (blocking) or
+    :meth:`poll_output` (for asyncio). The driving audio is kept in
+    :attr:`delay` for the audio outputs, which read it ``latency_s`` late.
+    """
+
+    def __init__(self, pipeline: Pipeline, clock: MediaClock, latency_s: float | None = None,
+                 max_queue: int | None = None, audio_timeout_s: float = 0.1):
+        self.pipeline = pipeline
+        self.clock = clock
+        self.latency_s = default_latency(pipeline) if latency_s is None else latency_s
+        self.max_queue = max_queue or 2 * pipeline.config.chunk
+        self.audio_timeout_s = audio_timeout_s
+        self.delay = AudioDelay()
+        self.stats = LiveStats()
+        self.chunk_s = 0.0  # running estimate of one generator call + compositing (s)
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._inbox: deque[tuple] = deque()
+        self._queued = 0
+        self._raw: deque[tuple[float, np.ndarray]] = deque()
+        self._done: dict[float, OutputFrame] = {}
+        self._dropped: set[float] = set()
+        self._shown_t = float("-inf")
+        self._audio_end: float | None = None  # pushed into the pipeline up to here (s)
+        self._audio_received: float | None = None  # handed to the runner up to here (s)
+        self._first_t: float | None = None
+        self._ended = self._closed = False
+        self._thread = threading.Thread(target=self._work, name="dubcam-inference", daemon=True)
+
+    def start(self) -> "LiveRunner":
+        self._thread.start()
+        return self
+
+    # -- producers ---------------------------------------------------------
+    def push_video(self, frame: np.ndarray, t: float) -> None:
+        """A captured frame (H×W×3 uint8 RGB) at ``t`` s; never blocks."""
+        with self._cond:
+            self.stats.frames_in += 1
+            self._raw.append((t, frame))
+            if self._queued >= self.max_queue:  # drop the oldest waiting frame: it will pass through
+                i = next(i for i, item in enumerate(self._inbox) if item[0] == "v")
+                self._dropped.add(self._inbox[i][2])
+                del self._inbox[i]
+                self._queued -= 1
+            self._inbox.append(("v", frame, t))
+            self._queued += 1
+            self.stats.max_queue = max(self.stats.max_queue, self._queued)
+            self._cond.notify_all()
+
+    def push_audio(self, samples: np.ndarray, t: float) -> None:
+        """Driving audio (float32 16 kHz mono) whose first sample is at ``t`` s; never blocks, never dropped."""
+        self.delay.write(samples, t)
+        with self._cond:
+            end = t + len(samples) / SAMPLE_RATE
+            self._audio_received = end if self._audio_received is None else max(self._audio_received, end)
+            self._inbox.append(("a", samples, t))
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        """The sources have ended: the pipeline runs what it holds; the output drains."""
+        with self._cond:
+            self._inbox.append(("end",))
+            self._cond.notify_all()
+
+    # -- the inference thread ----------------------------------------------
+    def _work(self) -> None:
+        p, L = self.pipeline, self.latency_s
+        try:
+            while True:
+                with self._cond:
+                    if not self._inbox and not self._closed:
+                        self._cond.wait(0.02)
+                    if self._closed:
+                        return
+                    item = self._inbox.popleft() if self._inbox else None
+                    if item is not None and item[0] == "v":
+                        self._queued -= 1
+                now = self.clock.now()
+                if item is None:
+                    if self._ended:
+                        continue
+                    self._fill_silence(now)
+                elif item[0] == "v":
+                    t = item[2]
+                    if not self._in_time(t, now):  # pass it through, spend nothing on it
+                        with self._cond:
+                            self._dropped.add(t)
+                        continue
+                    if self._first_t is None:
+                        self._first_t = t
+                    self._fill_silence(now)
+                    p.push_video(item[1], t)
+                elif item[0] == "a":
+                    samples, t = item[1], item[2]
+                    if not self._ended:
+                        p.push_audio(samples, t)
+                        self._audio_end = max(self._audio_end or t, t + len(samples) / SAMPLE_RATE)
+                else:
+                    self._ended = True
+                    p.end_audio()
+                    p.end_video()
+                chunks, busy = p.stats.chunks, p.stats.stage_s["generator"] + p.stats.stage_s["compositing"]
+                released = p.pull()
+                if chunks and p.stats.chunks > chunks:  # running estimate of one chunk's compute (not the first)
+                    took = (p.stats.stage_s["generator"] + p.stats.stage_s["compositing"] - busy) / (
+                        p.stats.chunks - chunks)
+                    self.chunk_s = took if self.chunk_s == 0 else 0.7 * self.chunk_s + 0.3 * took
+                now = self.clock.now()
+                with self._cond:
+                    for f in released:
+                        if f.t > self._shown_t:
+                            self._done[f.t] = f
+                            if f.generated:
+                                self.stats.ready.append(now - f.t)
+        except BaseException as e:  # surfaced by next_output / the caller
+            self.error = e
+            log.exception("inference thread failed")
+
+    def _in_time(self, t: float, now: float) -> bool:
+        """Whether a frame captured at ``t``, dequeued at ``now``, could still be composited by its deadline.
+
+        Even at best (its chunk runs as soon as its audio is there, mel
+        lookahead past ``t``, or now if later) it takes one chunk's compute;
+        a frame that cannot make it even so is passed through unspent. Each
+        such refusal lowers the compute estimate by 5 %, so that an estimate
+        that is too high (a slow first call, a passing load) is tried again.
+        """
+        if max(now, t + self.pipeline.info.lookahead_s) + self.chunk_s <= t + self.latency_s:
+            return True
+        self.chunk_s *= 0.95
+        return False
+
+    def _fill_silence(self, now: float) -> None:
+        """No driving audio for ``audio_timeout_s``: feed silence up to then, so frames need not wait for it."""
+        with self._cond:
+            received = self._audio_received
+        if received is not None and (received >= now - self.audio_timeout_s or received > (self._audio_end or 0)):
+            return  # audio is flowing, or some still waits in the inbox
+        start = self._audio_end if self._audio_end is not None else self._first_t
+        if start is None:
+            return
+        n = int((now - self.audio_timeout_s - start) * SAMPLE_RATE)
+        if n >= SAMPLE_RATE // 50:
+            self.pipeline.push_audio(np.zeros(n, np.float32), start)
+            self._audio_end = start + n / SAMPLE_RATE
+            self.stats.silence_s += n / SAMPLE_RATE
+
+    # -- consumers ---------------------------------------------------------
+    def poll_output(self) -> tuple[OutputFrame | None, float | None]:
+        """``(frame, 0)`` if the oldest captured frame is due; ``(None, seconds until due)``; ``(None, None)`` if none.
+
+        A shown frame is the composite if ready, else the captured frame
+        (``generated=False`` with reason ``late`` / ``dropped`` / ``no_face``).
+        """
+        if self.error is not None:
+            raise RuntimeError(f"the inference thread failed: {self.error}") from self.error
+        now, L, st = self.clock.now(), self.latency_s, self.stats
+        with self._cond:
+            if not self._raw:
+                return None, None
+            if now < self._raw[0][0] + L:
+                return None, self._raw[0][0] + L - now
+            while len(self._raw) > 1 and self._raw[1][0] + L <= now:  # the output side fell behind
+                self._forget(self._raw.popleft()[0])
+                st.skipped += 1
+            t, frame = self._raw.popleft()
+            reason = "dropped" if t in self._dropped else "late"
+            out = self._forget(t)
+            if out is None:
+                out = OutputFrame(frame, t, now - t, now - t, False, reason)
+            out.latency_s = now - t
+            st.first_out = now if st.first_out is None else st.first_out
+            st.last_out = now
+            st.frames_out += 1
+            st.latencies.append(now - t)
+            if out.generated:
+                st.generated += 1
+            else:
+                st.passthrough[out.reason or "passthrough"] = st.passthrough.get(out.reason or "passthrough", 0) + 1
+            return out, 0.0
+
+    def _forget(self, t: float) -> OutputFrame | None:
+        self._shown_t = t
+        self._dropped.discard(t)
+        return self._done.pop(t, None)
+
+    def next_output(self, timeout: float = 0.1) -> OutputFrame | None:
+        """Wait (at most ``timeout`` s) for the next due frame; ``None`` if none became due."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out, wait = self.poll_output()
+            if out is not None:
+                return out
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(left, wait if wait is not None else 0.01))
+
+    @property
+    def drained(self) -> bool:
+        """Ended and every captured frame shown."""
+        with self._cond:
+            return self._ended and not self._raw and not self._inbox
+
+    def close(self) -> None:
+        """Stop the inference thread (the pipeline stays open: its owner closes it)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    def report(self) -> RunReport:
+        """The session's figures as a :class:`RunReport` (latency: output − capture, wall clock; fps: output rate)."""
+        st, ps = self.stats, self.pipeline.stats
+        seconds = 0.0
+        if st.frames_out > 1:
+            seconds = (st.last_out - st.first_out) * st.frames_out / (st.frames_out - 1)
+        lat = np.percentile(st.latencies, [50, 95]) if st.latencies else (0.0, 0.0)
+        events = {k: v for k, v in ps.events.items() if k not in ("no_face", "passthrough")}
+        if st.skipped:
+            events["skipped_output"] = st.skipped
+        if st.silence_s:
+            events["silence_filled_s"] = round(st.silence_s, 2)
+        return RunReport(frames=st.frames_out, seconds=seconds, latency_p50=float(lat[0]),
+                         latency_p95=float(lat[1]), generated=st.generated, passthrough=dict(st.passthrough),
+                         events=events, stage_s=dict(ps.stage_s), duration=seconds)
+
+
+class Paced:
+    """A timestamped source delivered at real-time speed: item ``(x, t)`` leaves at ``clock.now() ≥ start + t``.
+
+    Yields ``(x, start + t)`` (session time). ``start`` defaults to the
+    clock's time at the first item. ``close()`` (from any thread) ends it.
+    """
+
+    def __init__(self, source, clock: MediaClock, start: float | None = None):
+        self.source, self.clock, self.start = source, clock, start
+        self._stop = threading.Event()
+
+    def __iter__(self):
+        for x, t in self.source:
+            if self.start is None:
+                self.start = self.clock.now()
+            wait = self.start + t - self.clock.now()
+            if self._stop.is_set() or (wait > 0 and self._stop.wait(wait)):
+                return
+            yield x, self.start + t
+
+    def close(self) -> None:
+        self._stop.set()
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+
+def _pump(source, push, stop: threading.Event, done: threading.Event | None = None) -> None:
+    """Capture thread: every item of ``source`` to ``push`` until it ends or ``stop`` is set."""
+    try:
+        for item, t in source:
+            if stop.is_set():
+                break
+            push(item, t)
+    except Exception:
+        log.exception("source %s failed", type(source).__name__)
+    finally:
+        if done is not None:
+            done.set()
+
+
+def run_live(pipeline: Pipeline, video, audio=None, *, sinks=(), audio_sinks=(), clock: MediaClock | None = None,
+             latency_s: float | None = None, seconds: float | None = None, stop: threading.Event | None = None,
+             on_frame=None) -> tuple[RunReport, LiveRunner]:
+    """Run a live session until the video ends, ``seconds`` pass, ``stop`` is set, or Ctrl-C.
+
+    Args:
+        video: live video source: iterable of ``(rgb, t)`` on ``clock`` with
+            ``close()`` (a camera, or :class:`Paced` around a file).
+        audio: live driving-audio source (``(samples, t)``, ``close()``) or None.
+        sinks: objects with ``write(rgb, t)`` and ``close()`` (virtual
+            camera, preview, file), fed on time from this thread.
+        audio_sinks: factories ``f(runner) -> sink`` with ``close()`` (the
+            virtual microphone), started once the runner exists.
+        on_frame: called with each shown :class:`OutputFrame` (tests, meters).
+
+    Every source, sink and thread is closed on return. Returns the report
+    and the runner (its stats).
+    """
+    clock = clock or MediaClock()
+    stop = stop or threading.Event()
+    runner = LiveRunner(pipeline, clock, latency_s).start()
+    video_done = threading.Event()
+    threads = [threading.Thread(target=_pump, args=(video, runner.push_video, stop, video_done),
+                                name="dubcam-video", daemon=True)]
+    if audio is not None:
+        threads.append(threading.Thread(target=_pump, args=(audio, runner.push_audio, stop),
+                                        name="dubcam-audio", daemon=True))
+    opened = []
+    t0 = clock.now()
+    try:
+        opened = [make(runner) for make in audio_sinks]
+        for th in threads:
+            th.start()
+        ended = False
+        while not stop.is_set():
+            if not ended and (video_done.is_set() or (seconds is not None and clock.now() - t0 >= seconds)):
+                ended = True
+                runner.end()
+            if ended and runner.drained:
+                break
+            out = runner.next_output(0.05)
+            if out is None:
+                continue
+            for sink in sinks:
+                sink.write(out.image, out.t)
+            if on_frame is not None:
+                on_frame(out)
+    except KeyboardInterrupt:
+        log.info("interrupted: stopping")
+    finally:
+        stop.set()
+        for src in (video, audio):
+            if src is not None:
+                src.close()
+        for th in threads:
+            if th.is_alive():
+                th.join(timeout=2)
+        runner.close()
+        for sink in [*opened, *sinks]:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("closing %s failed", type(sink).__name__)
+    return runner.report(), runner

@@ -9,6 +9,13 @@ yield ``(rgb uint8 H×W×3, t seconds)``, audio sources
 * :class:`AudioFileSource`: any audio file (or a video's audio track) cut
   into short pieces.
 * :func:`speak`: text → speech with a TTS engine (espeak-ng).
+
+Live sources stamp items with the session clock
+(:class:`realtime.runner.MediaClock`) and end when ``close()`` is called
+from any thread: :class:`CameraSource`, :class:`MicrophoneSource`,
+:class:`TcpPcmSource`, ``text:`` and files played at real-time speed
+(:func:`open_audio_source`, :func:`open_video_source`). The WebRTC
+tracks a browser sends are read in :mod:`realtime.webrtc.tracks`.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -144,3 +153,334 @@ def speak(text: str, out_wav: str | Path, voice: str = "en", words_per_minute: i
     if proc.returncode != 0 or not out_wav.is_file():
         raise AudioError(f"espeak-ng failed: {proc.stderr.strip() or proc.returncode}")
     return out_wav
+
+
+# -- live sources: timestamps on the session clock, close() from any thread ends them ---------------
+
+class StreamClock:
+    """Timestamps for a stream of audio blocks that arrive in real time.
+
+    ``stamp(n, t_first)`` → the time of the block's first sample. It
+    continues by sample count while the stream keeps pace (no jitter), and
+    re-anchors to the measured ``t_first`` when the two differ by more than
+    ``tolerance_s`` (a gap; or drift, unless ``forward_only``: a network
+    sender that runs ahead keeps its sample-count times and is throttled by
+    its reader instead, so no audio overlaps).
+    """
+
+    def __init__(self, tolerance_s: float = 0.05, forward_only: bool = False):
+        self.tolerance_s, self.forward_only = tolerance_s, forward_only
+        self.next: float | None = None
+
+    def stamp(self, n: int, t_first: float) -> float:
+        if self.next is None or t_first - self.next > self.tolerance_s or (
+                not self.forward_only and self.next - t_first > self.tolerance_s):
+            self.next = t_first
+        t = self.next
+        self.next += n / SAMPLE_RATE
+        return t
+
+
+class DeviceClock:
+    """Times of the blocks of an audio device stream (a microphone's or an output's), from its callbacks.
+
+    ``stamp(n, t_seen, lost=False)`` → the time of the block's first sample.
+    ``t_seen`` is that time as measured in the callback (input: when it
+    reached the device; output: when it will leave it, if the callback is on
+    time). A callback that runs late (a loaded machine) measures a later
+    time, never an earlier one, so the stamp is the sample count anchored to
+    the *earliest* ``t_seen − count / 16 kHz`` of the last ``window`` blocks:
+    smooth and not thrown by a late callback. When the last ``recent``
+    blocks all measure over ``shift_s`` later than that (samples were lost
+    or the clocks drifted), when ``lost`` is set (the device reported an
+    overflow / underflow), or on a jump over ``reset_s``, it re-anchors.
+    """
+
+    def __init__(self, window: int = 100, recent: int = 5, shift_s: float = 0.03, reset_s: float = 0.5):
+        self.window, self.recent, self.shift_s, self.reset_s = window, recent, shift_s, reset_s
+        self._offsets: deque[float] = deque(maxlen=window)
+        self._count = 0
+        self.resets = 0
+
+    def stamp(self, n: int, t_seen: float, lost: bool = False) -> float:
+        offset = t_seen - self._count / SAMPLE_RATE
+        if self._offsets and (lost or abs(offset - min(self._offsets)) > self.reset_s):
+            self._offsets.clear()
+            self.resets += 1
+        self._offsets.append(offset)
+        recent = list(self._offsets)[-self.recent:]
+        if len(self._offsets) > self.recent and min(recent) - min(self._offsets) > self.shift_s:
+            self._offsets = deque(recent, maxlen=self.window)
+            self.resets += 1
+        t = min(self._offsets) + self._count / SAMPLE_RATE
+        self._count += n
+        return t
+
+
+class CameraSource:
+    """Frames of a camera: yields ``(rgb uint8 H×W×3, t)`` with ``t`` the capture time on ``clock``.
+
+    ``device``: an index (0 = first camera) or a device path / name. Opens
+    it with PyAV's capture device (v4l2 / avfoundation / dshow) where this
+    PyAV build has one, else with OpenCV. ``size`` (w, h) and ``fps`` are
+    requested; the camera may choose others (see ``width``, ``height``).
+    Raises DeviceError with what to do when no camera opens.
+    """
+
+    def __init__(self, clock, device: str | int = 0, size: tuple[int, int] | None = (640, 480),
+                 fps: float = 25.0):
+        import av
+
+        from realtime.devices import DeviceError
+
+        self.clock, self.device, self.fps = clock, device, fps
+        self._closed = False
+        self._av = self._cv = None
+        fmt, url = self._av_device(device, av.formats_available)
+        errors = []
+        if fmt is not None:
+            options = {"framerate": str(fps)} | ({"video_size": f"{size[0]}x{size[1]}"} if size else {})
+            try:
+                self._av = av.open(url, format=fmt, options=options)
+                s = self._av.streams.video[0]
+                self.width, self.height = s.codec_context.width, s.codec_context.height
+                return
+            except av.FFmpegError as e:
+                errors.append(f"PyAV {fmt} {url}: {e}")
+        try:
+            import cv2
+        except ImportError:
+            cv2 = None
+            errors.append("OpenCV is not installed")
+        if cv2 is not None:
+            cap = cv2.VideoCapture(int(device) if str(device).isdigit() else str(device))
+            if cap.isOpened():
+                if size:
+                    cap.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
+                    cap.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
+                cap.set(cv2.CAP_PROP_FPS, fps)
+                self._cv = cap
+                self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+                self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                return
+            cap.release()
+            errors.append(f"OpenCV could not open camera {device}")
+        raise DeviceError(f"no camera {device}: {'; '.join(errors)}. `realtime devices` lists the cameras; "
+                          "a video file can stand in: --camera FILE")
+
+    @staticmethod
+    def _av_device(device, formats) -> tuple[str | None, str]:
+        index = str(device)
+        if sys.platform.startswith("linux") and "v4l2" in formats:
+            return "v4l2", f"/dev/video{index}" if index.isdigit() else index
+        if sys.platform == "darwin" and "avfoundation" in formats:
+            return "avfoundation", f"{index}:none"
+        if sys.platform == "win32" and "dshow" in formats:
+            return "dshow", f"video={index}"
+        return None, index
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        if self._av is not None:
+            for frame in self._av.decode(video=0):
+                if self._closed:
+                    return
+                yield frame.to_ndarray(format="rgb24"), self.clock.now()
+            return
+        import cv2
+
+        while not self._closed:
+            ok, bgr = self._cv.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.clock.now()
+
+    def close(self) -> None:
+        """Ends the iteration (at the next frame); the device is released by the iterating thread or here."""
+        self._closed = True
+        if self._cv is not None:
+            self._cv.release()
+        if self._av is not None:
+            try:
+                self._av.close()
+            except Exception:
+                pass
+
+
+class MicrophoneSource:
+    """A microphone (or any PortAudio / PulseAudio input): yields ``(float32 16 kHz mono [n], t)``.
+
+    ``t``: when the block's first sample reached the device (the callback's
+    ADC time, smoothed by sample count with :class:`DeviceClock`), on
+    ``clock``. ``device``: see :func:`realtime.devices.audio_device`.
+    Raises DeviceError when it cannot be opened.
+    """
+
+    def __init__(self, clock, device: str | int | None = None, block_s: float = 0.02):
+        import queue
+
+        from realtime.devices import DeviceError, audio_device, environment, sounddevice
+
+        sd = sounddevice()
+        self.clock = clock
+        self._stamp = DeviceClock()
+        self._q: queue.Queue = queue.Queue(maxsize=1000)
+        self._closed = False
+        index, env = audio_device(device, "input")
+        try:
+            with environment(env):
+                self.stream = sd.InputStream(device=index, samplerate=SAMPLE_RATE, channels=1, dtype="float32",
+                                             blocksize=int(block_s * SAMPLE_RATE), latency=0.1,
+                                             callback=self._callback)
+            self.stream.start()
+        except sd.PortAudioError as e:
+            raise DeviceError(f"cannot open audio input {device if device is not None else '(default)'}: {e}") from e
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        now = self.clock.now()
+        lag = time_info.currentTime - time_info.inputBufferAdcTime
+        if not 0 < lag < 1:  # the host API does not say: the block just ended
+            lag = frames / SAMPLE_RATE
+        t = self._stamp.stamp(frames, now - lag, lost=bool(status.input_overflow))
+        try:
+            self._q.put_nowait((indata[:, 0].copy(), t))
+        except Exception:
+            pass  # nobody reads: drop
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        import queue
+
+        while not self._closed:
+            try:
+                yield self._q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.stream.stop()
+            self.stream.close()
+        except Exception:
+            pass
+
+
+class TcpPcmSource:
+    """Driving audio from the network: raw 16 kHz mono s16le PCM sent to a TCP port (a translation system).
+
+    Listens on ``host:port`` (``port=0``: any free port, see ``address``);
+    one sender at a time, the next may connect when it leaves. Yields
+    ``(float32 [n], t)`` with ``t`` on ``clock``: blocks follow each other by
+    sample count; a pause re-anchors to the arrival time; a sender faster
+    than real time is read at real-time speed (TCP holds it back). Raises
+    DeviceError when the port cannot be bound.
+    """
+
+    def __init__(self, clock, host: str = "127.0.0.1", port: int = 5005, block_s: float = 0.02):
+        import socket
+
+        from realtime.devices import DeviceError
+
+        self.clock = clock
+        self.block = 2 * int(block_s * SAMPLE_RATE)
+        self._closed = False
+        try:
+            self._server = socket.create_server((host, port))
+        except OSError as e:
+            raise DeviceError(f"cannot listen on tcp://{host}:{port} for audio: {e}") from e
+        self._server.settimeout(0.2)
+        self.address = self._server.getsockname()[:2]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        import socket
+        import time
+
+        while not self._closed:
+            try:
+                conn, _ = self._server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            stamp, pending = StreamClock(forward_only=True), b""
+            with conn:
+                conn.settimeout(0.2)
+                while not self._closed:
+                    try:
+                        data = conn.recv(self.block - len(pending))
+                    except socket.timeout:
+                        continue
+                    if not data:
+                        break
+                    pending += data
+                    if len(pending) < self.block:
+                        continue
+                    samples = np.frombuffer(pending, "<i2").astype(np.float32) / 32768.0
+                    pending = b""
+                    now = self.clock.now()
+                    t = stamp.stamp(len(samples), now - len(samples) / SAMPLE_RATE)
+                    ahead = t - now
+                    if ahead > 0.2:
+                        time.sleep(ahead - 0.2)
+                    yield samples, t
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
+
+
+class _TextSpeech:
+    """``text:`` driving audio: espeak-ng speaks it once into a temporary wav, played at real-time speed."""
+
+    def __init__(self, text: str, clock, voice: str = "en"):
+        from realtime.runner import Paced
+
+        self._tmp = tempfile.TemporaryDirectory()
+        wav = speak(text, Path(self._tmp.name) / "speech.wav", voice=voice)
+        self._paced = Paced(AudioFileSource(wav), clock)
+
+    def __iter__(self):
+        return iter(self._paced)
+
+    def close(self) -> None:
+        self._paced.close()
+        self._tmp.cleanup()
+
+
+def open_audio_source(spec: str, clock, voice: str = "en"):
+    """A live driving-audio source from a command-line ``--audio-source``.
+
+    ``mic`` or ``mic:DEVICE``: a microphone / PulseAudio source;
+    ``tcp://HOST:PORT``: raw 16 kHz s16le PCM sent to that port;
+    ``text:WORDS``: spoken by espeak-ng; anything else: an audio (or video)
+    file, played once at real-time speed. Raises DeviceError,
+    FileNotFoundError, AudioError.
+    """
+    from realtime.runner import Paced
+
+    if spec == "mic" or spec.startswith("mic:"):
+        return MicrophoneSource(clock, spec[4:] or None)
+    if spec.startswith("tcp://"):
+        host, _, port = spec[6:].rpartition(":")
+        if not port.isdigit():
+            raise ValueError(f"--audio-source {spec}: expected tcp://HOST:PORT")
+        return TcpPcmSource(clock, host.strip("[]") or "127.0.0.1", int(port))
+    if spec.startswith("text:"):
+        return _TextSpeech(spec[5:], clock, voice)
+    return Paced(AudioFileSource(spec), clock)
+
+
+def open_video_source(spec: str, clock, size: tuple[int, int] | None = (640, 480), fps: float = 25.0,
+                      seconds: float | None = None):
+    """A live video source from ``--camera`` and its frame size: ``(source, width, height)``.
+
+    ``spec``: a camera index / device, or a video or image file that stands
+    in for a camera (ping-pong looped for ``seconds``, or an hour), delivered
+    at real-time speed. Raises DeviceError / MediaError.
+    """
+    from realtime.runner import Paced
+
+    if Path(spec).is_file():
+        source = VideoFileSource(spec, duration=seconds or 3600.0)
+        return Paced(source, clock), source.width, source.height
+    camera = CameraSource(clock, spec, size, fps)
+    return camera, camera.width, camera.height

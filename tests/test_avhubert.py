@@ -6,36 +6,18 @@ from __future__ import annotations
 import collections
 import math
 import pickle
-import sys
-import types
 import typing
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import AVHUBERT_SMALL as SMALL
+from conftest import MODEL_CFG, TASK_CFG, fairseq_checkpoint, pretrained_file, randomize, register_fake_classes
 
 from engine.fairseq_pickle import load_fairseq_checkpoint
 from engine.models.avhubert import BASE, LARGE, AVHubert, AVHubertConfig
 
-SMALL = AVHubertConfig(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=96, encoder_attention_heads=4)
 SEQ2SEQ = "encoder.w2v_model."
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights everywhere, including BN statistics, norms, PReLU slopes
-    and a weight_g that is not ||weight_v||, so every term of the spec matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                continue
-            if name.endswith(("running_var", "weight_g")) or (name.endswith("weight") and t.ndim == 1):
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
-            else:
-                t.copy_(torch.randn(t.shape, generator=gen) / math.sqrt(t[0].numel()))
-    return model.eval()
 
 
 def small_model(seed: int = 0) -> AVHubert:
@@ -251,73 +233,6 @@ def test_state_dict_layout_is_the_published_one(cfg, dim, ffn, layers):
 
 # ---------------------------------------------------------------------------
 # Checkpoint files in the official layout.
-
-MODEL_CFG = {
-    "_name": "av_hubert", "label_rate": 25, "encoder_layers": 2, "encoder_embed_dim": 64,
-    "encoder_ffn_embed_dim": 96, "encoder_attention_heads": 4, "layer_norm_first": True, "audio_feat_dim": 104,
-    "modality_fuse": "concat", "final_dim": 16, "untie_final_proj": True, "feature_grad_mult": 0.1,
-}
-TASK_CFG = {"_name": "av_hubert_pretraining", "labels": ["km"], "normalize": True, "stack_order_audio": 4}
-
-
-class FakeDictionary:
-    """Stands for fairseq.data.dictionary.Dictionary; pickles like it (NEWOBJ + __dict__)."""
-
-    __module__, __qualname__ = "fairseq.data.dictionary", "Dictionary"
-
-    def __init__(self, symbols):
-        self.bos_word, self.unk_word, self.pad_word, self.eos_word = "<s>", "<unk>", "<pad>", "</s>"
-        self.symbols = ["<s>", "<pad>", "</s>", "<unk>"] + symbols
-        self.count = [1] * len(self.symbols)
-        self.indices = {s: i for i, s in enumerate(self.symbols)}
-        self.bos_index, self.pad_index, self.eos_index, self.unk_index = 0, 1, 2, 3
-        self.nspecial = 4
-
-
-def register_fake_classes(monkeypatch, classes):
-    """Make each class importable under its (fake) ``__module__``, parent packages included."""
-    for cls in classes:
-        parts = cls.__module__.split(".")
-        for i in range(1, len(parts) + 1):
-            name = ".".join(parts[:i])
-            if name not in sys.modules:
-                monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-        monkeypatch.setattr(sys.modules[cls.__module__], cls.__qualname__, cls, raising=False)
-
-
-@pytest.fixture
-def fake_fairseq(monkeypatch):
-    """Register FakeDictionary as fairseq.data.dictionary.Dictionary so that pickle writes that global."""
-    register_fake_classes(monkeypatch, [FakeDictionary])
-    return FakeDictionary
-
-
-def fairseq_checkpoint(cfg, model_state, dictionary_cls):
-    """Top-level layout of fairseq's Trainer.state_dict() (spec §1.5)."""
-    return {
-        "args": None,
-        "cfg": cfg,
-        "model": model_state,
-        "criterion": collections.OrderedDict(),
-        "optimizer_history": [{"criterion_name": "AVHubertCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {"best": 3.5}, "num_updates": 1000}],
-        "task_state": {"dictionaries": [dictionary_cls([str(i) for i in range(20)])],
-                       "target_dictionary": dictionary_cls(["▁the", "s"])},
-        "extra_state": {"epoch": 3, "train_iterator": {"epoch": 3, "iterations_in_epoch": 10, "shuffle": True},
-                        "val_loss": 2.5},
-    }
-
-
-def pretrained_file(model, tmp_path, dictionary_cls, legacy=False):
-    state = collections.OrderedDict(model.state_dict())
-    state["mask_emb"] = torch.rand(104)
-    state["label_embs_concat"] = torch.rand(24, 16)
-    state["final_proj.weight"], state["final_proj.bias"] = torch.rand(16, 64), torch.rand(16)
-    cfg = {"_name": None, "common": {"seed": 1337, "fp16": True}, "model": MODEL_CFG, "task": TASK_CFG}
-    path = tmp_path / "pretrained.pt"
-    torch.save(fairseq_checkpoint(cfg, state, dictionary_cls), path, _use_new_zipfile_serialization=not legacy)
-    return path
-
 
 def seq2seq_file(model, tmp_path, dictionary_cls):
     state = collections.OrderedDict((SEQ2SEQ + k, v) for k, v in model.state_dict().items())

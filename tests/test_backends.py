@@ -28,7 +28,7 @@ def test_torch_and_onnxruntime_agree_on_our_generator(small_generator):
 
 
 def test_torch_and_onnxruntime_agree_on_wav2lip(tmp_path):
-    from test_models import wav2lip_file
+    from conftest import wav2lip_file
 
     _, path = wav2lip_file(tmp_path)
     faces, mels = _inputs(2)

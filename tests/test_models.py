@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import wav2lip_file
 from engine.checkpoints import CheckpointError, load_generator, save_generator
 from engine.models.generator import Generator, GeneratorConfig
 from engine.models.wav2lip import Wav2Lip
@@ -41,17 +42,6 @@ def test_ours_roundtrip(tmp_path, small_generator):
     x, m = torch.rand(3, 6, 96, 96), torch.rand(3, 1, 80, 16)
     assert torch.equal(g(x, m), small_generator(x, m))
     assert g.info.kind == "dubcam" and g.meta["steps"] == 1
-
-
-def wav2lip_file(tmp_path, prefix="module."):
-    """A file in the published wav2lip.pth layout (random weights)."""
-    torch.manual_seed(0)
-    net = Wav2Lip()
-    sd = {prefix + k: v for k, v in net.state_dict().items()}
-    path = tmp_path / "wav2lip.pth"
-    torch.save({"state_dict": sd, "optimizer": {"state": {}, "param_groups": []},
-                "global_step": 1000, "global_epoch": 3}, path)
-    return net.eval(), path
 
 
 @pytest.mark.parametrize("prefix", ["module.", ""])

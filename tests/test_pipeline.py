@@ -93,7 +93,7 @@ def test_short_last_chunk_and_timestamp_errors(pipeline, grid_frames):
 
 
 def test_wav2lip_style_model_uses_the_current_frame_as_identity(tmp_path, grid_frames):
-    from test_models import wav2lip_file
+    from conftest import wav2lip_file
 
     frames, audio = grid_frames
     _, path = wav2lip_file(tmp_path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_avhubert import randomize
+from conftest import lip_expert_file, randomize, syncnet_file
 
 from engine.checkpoints import CheckpointError
 from engine.models.syncnet import SyncNet, SyncNetColor
@@ -79,14 +79,13 @@ def test_syncnet_key_layout():
 
 def test_syncnet_loads_raw_state_dict_without_num_batches_tracked(tmp_path):
     model = randomize(SyncNet(), seed=2)
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    torch.save(state, tmp_path / "syncnet_v2.model")
-    loaded = SyncNet.from_checkpoint(tmp_path / "syncnet_v2.model")
+    loaded = SyncNet.from_checkpoint(syncnet_file(model, tmp_path / "syncnet_v2.model"))
     assert not loaded.training
     mfcc = torch.randn(3, 1, 13, 20)
     with torch.no_grad():
         assert torch.equal(loaded.forward_aud(mfcc), model.forward_aud(mfcc))
 
+    state = torch.load(tmp_path / "syncnet_v2.model")
     state["netcnnaud.99.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "other.model")
     with pytest.raises(CheckpointError, match="netcnnaud.99.weight"):
@@ -139,11 +138,7 @@ def test_lip_expert_matches_spec_tables():
 
 def test_lip_expert_loads_wav2lip_checkpoint_and_flips_to_bgr(tmp_path):
     source = randomize(SyncNetColor(), seed=4)
-    checkpoint = {"state_dict": {"module." + k: v for k, v in source.state_dict().items()},
-                  "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
-                  "global_step": 1000, "global_epoch": 3}
-    torch.save(checkpoint, tmp_path / "lipsync_expert.pth")
-    expert = SyncNetColor.from_checkpoint(tmp_path / "lipsync_expert.pth")
+    expert = SyncNetColor.from_checkpoint(lip_expert_file(source, tmp_path / "lipsync_expert.pth"))
     assert expert.bgr and not expert.training
     mels, faces_rgb = torch.randn(1, 1, 80, 16), torch.rand(1, 15, 48, 96)
     faces_bgr = faces_rgb.view(1, 5, 3, 48, 96)[:, :, [2, 1, 0]].reshape(1, 15, 48, 96)

@@ -2,60 +2,97 @@
 
 The recipe (Yaman et al. 2024 §3.5–3.6): sample k-frame windows with their
 identity and pose references and mel windows (``train.data``), generate,
-and minimise ``λ_gan·GAN + λ1·L1`` (+ perceptual and sync terms, see
-``train.losses``) with Adam. Every ``ckpt_every`` steps the full training
-state is written atomically to ``<out>/last.pt``; ``--resume`` continues it.
-At the end (``steps`` reached or ``time_limit_min`` spent) the generator is
-written to ``<out>/generator.pt`` in the format ``realtime --checkpoint``
-loads, with its validation L1 / PSNR / SSIM in the metadata.
+and minimise ``λ_gan·GAN + λ1·L1 + λ2·perceptual + λ3·sync``
+(``train.losses``; defaults (λ1, λ2, λ3) = (10, 1, 0.5), sync loss
+``avhubert``) with Adam (lr 1e-4, betas (0.5, 0.999)); the discriminator
+(``train.discriminator``) learns with BCE at the same rate.
 
-Logs go to stdout and TensorBoard (``<out>/tb``): every loss, and a grid of
-identity | pose | generated | target faces.
+Scale: one process on the CPU or a GPU, or DDP under ``torchrun`` on several
+GPUs and machines (NCCL; gloo on CPUs), e.g.
+``torchrun --nproc_per_node 8 -m train.run --config configs/paper_lrs2.yaml``.
+``batch_size`` is per process. On CUDA the forward passes run in float16
+autocast with a gradient scaler (``amp: false`` turns it off).
+
+Every ``ckpt_every`` steps the full training state (generator,
+discriminator, both optimizers, gradient scaler, RNG states, monitor best;
+the data sampler's state is the step, ``train.data.StepBatches``) is
+written atomically to ``<out>/last.pt``; ``--resume`` continues it exactly
+(with the same number of processes). Every ``monitor.every`` steps and at
+the end the validation monitor (``train.monitor``) runs; ``<out>/best.pt``
+keeps the generator with the best AVSu. At the end (``steps`` reached or
+``time_limit_min`` spent) the generator is written to
+``<out>/generator.pt``, the format ``realtime --checkpoint`` loads, with
+its validation scores in the metadata.
+
+Logs go to stdout and TensorBoard (``<out>/tb``): every loss term, the
+sync cosine, throughput, validation scores, and grids of identity | pose |
+generated | target faces (and real | generated mouth ROIs for the
+AV-HuBERT sync losses).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 
 from engine.checkpoints import atomic_save, safe_load, save_generator
+from engine.models.avhubert import AVHubert
 from engine.models.generator import Generator, GeneratorConfig
-from train.data import WindowDataset, load_clips
+from engine.models.syncnet import SyncNet
+from train.data import StepBatches, WindowDataset, collate, load_clips
 from train.discriminator import Discriminator
-from train.losses import gan_discriminator_loss, gan_generator_loss, l1_loss
+from train.losses import (AVHubertSyncLoss, build_perceptual_loss, build_sync_loss, find_weights,
+                          gan_discriminator_loss, gan_generator_loss, l1_loss)
+from train.monitor import Monitor
 
 log = logging.getLogger("train.run")
 
 DEFAULTS = {
     "data": None,  # folder written by train.preprocess
+    "data_in_memory": True,  # False: read clip files on demand (data sets larger than memory)
     "out": "runs/default",
     "model": {"size": 96, "width": 1.0},
     "k": 5,
-    "batch_size": 8,
+    "batch_size": 8,  # per process
     "steps": 100_000,
     "time_limit_min": None,
     "lr": 1e-4,
-    "loss": {"l1": 10.0, "l1_lower_weight": 1.0, "gan": 1.0, "gan_start": 0},
+    "betas": [0.5, 0.999],
+    "loss": {"l1": 10.0, "l1_lower_weight": 1.0, "gan": 1.0, "gan_start": 0,
+             "perceptual": 1.0, "sync": 0.5, "sync_start": 0},
+    # kind: avhubert | avhubert-visual | avhubert-multimodal | syncnet | none (train.losses.SYNC_KINDS);
+    # context: frames of real video around the k generated ones that AV-HuBERT sees.
+    "sync": {"kind": "avhubert", "context": 50, "output_layer": None},
+    # Weights files (None: $DUBCAM_HOME/models/<published name>, see train.losses.find_weights).
+    "weights": {"avhubert": None, "syncnet": None, "vgg": None, "lse": None},
+    # every: steps between validation runs (0: only at the end).
+    "monitor": {"every": 1000, "clips": 8, "max_frames": 100},
     "disc_width": 1.0,
     "log_every": 50,
     "ckpt_every": 500,
     "seed": 0,
     "threads": None,
+    "device": "auto",  # auto | cpu | cuda
+    "amp": True,  # float16 autocast + gradient scaler on CUDA
+    "workers": 0,  # DataLoader worker processes per training process
 }
 
 
 def load_config(path: str | None, overrides: list[str]) -> dict:
-    """Defaults ← YAML file ← ``key=value`` overrides (dotted keys reach nested values; values parsed as YAML)."""
+    """Defaults ← YAML file ← ``key=value`` overrides (dotted keys reach nested values; values parsed
+    as YAML). A file may start from another with ``include: other.yaml`` (relative to itself)."""
     cfg = yaml.safe_load(yaml.safe_dump(DEFAULTS))
     if path:
-        _merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+        _merge(cfg, _read_yaml(Path(path)))
     for item in overrides:
         if "=" not in item:
             raise SystemExit(f"override {item!r} is not key=value")
@@ -70,6 +107,16 @@ def load_config(path: str | None, overrides: list[str]) -> dict:
     return cfg
 
 
+def _read_yaml(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("include", None)
+    if not base:
+        return data
+    merged = _read_yaml(path.parent / base)
+    _merge(merged, data)
+    return merged
+
+
 def _merge(base: dict, new: dict) -> None:
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
@@ -78,120 +125,267 @@ def _merge(base: dict, new: dict) -> None:
             base[k] = v
 
 
-def _batches(dataset: WindowDataset, batch_size: int, step: int) -> dict[str, torch.Tensor]:
-    """Batch ``step``: samples ``step·B … step·B+B-1`` (deterministic, so a resumed run sees the same data)."""
-    items = [dataset[(step * batch_size + i) % len(dataset)] for i in range(batch_size)]
-    return {key: torch.stack([it[key] for it in items]).flatten(0, 1) for key in items[0]}
+def _distributed(cfg: dict) -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)``; joins the process group when started by torchrun (``WORLD_SIZE`` > 1)."""
+    want = cfg["device"]
+    cuda = torch.cuda.is_available() if want == "auto" else want == "cuda"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
 
 
-@torch.no_grad()
-def evaluate(gen: Generator, clips, k: int, max_windows: int = 64) -> dict[str, float]:
-    """L1, PSNR (dB, float) and SSIM of generated vs real faces on fixed validation windows."""
-    from skimage.metrics import structural_similarity
-
-    gen.eval()
-    ds = WindowDataset(clips, k=k, samples_per_epoch=max_windows, seed=12345)
-    l1s, psnrs, ssims = [], [], []
-    for i in range(len(ds)):
-        s = ds[i]
-        fake = gen(s["faces"], s["mels"]).clamp(0, 1)
-        real = s["target"]
-        l1s.append((fake - real).abs().mean().item())
-        mse = ((fake - real) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-        psnrs += (10 * torch.log10(1 / mse)).tolist()
-        for f, r in zip(fake.permute(0, 2, 3, 1).numpy(), real.permute(0, 2, 3, 1).numpy()):
-            ssims.append(structural_similarity(f, r, channel_axis=2, data_range=1.0, gaussian_weights=True,
-                                               sigma=1.5, use_sample_covariance=False))
-    gen.train()
-    return {"l1": float(np.mean(l1s)), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
+def _mean_over_ranks(values: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    if not values:
+        return {}
+    stacked = torch.stack([v.detach().float() for v in values.values()])
+    if world > 1:
+        dist.all_reduce(stacked)
+        stacked /= world
+    return dict(zip(values, stacked.tolist()))
 
 
-def train(cfg: dict, resume: bool = False) -> Path:
-    """Run the recipe of ``cfg`` (see :data:`DEFAULTS`); returns the path of the exported generator."""
+def _numpy_rng(saved: dict | None = None):
+    """numpy's global RNG state as plain tensors and numbers (what ``weights_only`` loading allows),
+    or back (``saved`` given) to the tuple ``np.random.set_state`` takes."""
+    if saved is None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                "has_gauss": int(has_gauss), "cached": float(cached)}
+    return (saved["name"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+            saved["cached"])
+
+
+def _broadcast_buffers(*modules: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics, spectral-norm vectors) to every rank."""
+    for m in modules:
+        for b in m.buffers():
+            dist.broadcast(b, 0)
+
+
+def _restore(path: Path, gen, disc, opt_g, opt_d, scaler, device, world: int) -> tuple[int, float, float]:
+    """Load a ``last.pt`` into the models, optimizers, scaler and RNGs; returns ``(step, seconds, best AVSu)``.
+    Files written before the scaler, numpy/python RNG and monitor entries existed load too."""
+    state = safe_load(path)
+    gen.load_state_dict(state["generator"])
+    disc.load_state_dict(state["discriminator"])
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    if "numpy_rng" in state:
+        np.random.set_state(_numpy_rng(state["numpy_rng"]))
+    if "python_rng" in state:
+        random.setstate(state["python_rng"])
+    log.info("resumed %s at step %d", path, state["step"])
+    if state.get("world_size", world) != world:
+        log.warning("the run was saved by %d processes and resumes with %d: the data order changes",
+                    state["world_size"], world)
+    return state["step"], state["seconds"], state.get("monitor_best", -float("inf"))
+
+
+def _monitor(cfg: dict, sync_loss, device: torch.device) -> Monitor:
+    """The validation monitor of ``cfg``: AVS with the sync loss's AV-HuBERT or ``weights.avhubert``
+    (when the val clips carry ROI data), LSE with ``weights.lse``."""
+    val_clips = load_clips(cfg["data"], "val", limit=cfg["monitor"]["clips"])
+    avhubert = lse_net = None
+    if isinstance(sync_loss, AVHubertSyncLoss):
+        avhubert = sync_loss.avhubert
+    elif cfg["weights"]["avhubert"]:
+        avhubert = AVHubert.from_checkpoint(find_weights("avhubert", cfg["weights"]["avhubert"], "AVSu"))
+    if avhubert is not None and not all(c.has_roi for c in val_clips):
+        avhubert = None
+    if cfg["weights"]["lse"]:
+        lse_net = SyncNet.from_checkpoint(find_weights("lse", cfg["weights"]["lse"], "LSE"))
+    monitor = Monitor(val_clips, cfg["k"], avhubert, lse_net, cfg["monitor"]["clips"], cfg["monitor"]["max_frames"],
+                      device)
+    log.info("monitor: %d val clips; AVS %s; LSE %s", len(monitor.clips),
+             "on" if avhubert is not None else "off (no AV-HuBERT weights or no ROI data)",
+             "on" if lse_net is not None else "off (no weights.lse)")
+    return monitor
+
+
+def train(cfg: dict, resume: bool = False) -> Generator:
+    """Run the recipe of ``cfg`` (see :data:`DEFAULTS`); returns the trained generator (eval mode).
+
+    Raises FileNotFoundError / CheckpointError for loss weights that are
+    missing or wrong (the message says what is needed and where it is
+    published) and ValueError for data that cannot serve the recipe.
+    """
+    rank, world, device = _distributed(cfg)
     out = Path(cfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg))
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(cfg["seed"])
     random.seed(cfg["seed"])
     np.random.seed(cfg["seed"])
-    k, loss_w = cfg["k"], cfg["loss"]
+    k, loss_w, size = cfg["k"], cfg["loss"], cfg["model"]["size"]
+    amp = bool(cfg["amp"]) and device.type == "cuda"
 
-    train_clips = load_clips(cfg["data"], "train")
-    val_clips = load_clips(cfg["data"], "val")
-    dataset = WindowDataset(train_clips, k=k, samples_per_epoch=10**9, seed=cfg["seed"])
-    log.info("data: %d train clips, %d val clips", len(train_clips), len(val_clips))
+    sync_kind = cfg["sync"]["kind"] if loss_w["sync"] > 0 else "none"
+    sync_loss = build_sync_loss(sync_kind, cfg["weights"], k, size, cfg["sync"]["output_layer"])
+    perceptual = build_perceptual_loss(cfg["weights"]) if loss_w["perceptual"] > 0 else None
+    for m in (sync_loss, perceptual):
+        if m is not None:
+            m.to(device)
 
-    gen = Generator(GeneratorConfig(**cfg["model"]))
-    disc = Discriminator(cfg["disc_width"])
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg["lr"], betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=(0.5, 0.999))
-    step, spent = 0, 0.0
+    train_clips = load_clips(cfg["data"], "train", in_memory=cfg["data_in_memory"])
+    dataset = WindowDataset(train_clips, k=k, samples_per_epoch=10**9, seed=cfg["seed"],
+                            context=cfg["sync"]["context"] if sync_kind.startswith("avhubert") else 0,
+                            sync_mel=sync_kind == "syncnet")
+    log.info("data: %d train clips; sync loss %s; perceptual %s; %d process(es) on %s",
+             len(train_clips), sync_kind, "on" if perceptual else "off", world, device)
+
+    gen = Generator(GeneratorConfig(**cfg["model"])).to(device)
+    disc = Discriminator(cfg["disc_width"]).to(device)
+    betas = tuple(cfg["betas"])
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg["lr"], betas=betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=betas)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    step, spent, best = 0, 0.0, -float("inf")
     if resume and (out / "last.pt").is_file():
-        state = safe_load(out / "last.pt")
-        gen.load_state_dict(state["generator"])
-        disc.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["torch_rng"])
-        step, spent = state["step"], state["seconds"]
-        log.info("resumed %s at step %d", out / "last.pt", step)
+        step, spent, best = _restore(out / "last.pt", gen, disc, opt_g, opt_d, scaler, device, world)
+    monitor = _monitor(cfg, sync_loss, device) if rank == 0 else None
+
+    gen_step, disc_step = gen, disc
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        gen_step = torch.nn.parallel.DistributedDataParallel(gen, device_ids=ids)
+        disc_step = torch.nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepBatches(step, cfg["batch_size"], rank, world, modulo=len(dataset)),
+        collate_fn=collate, num_workers=cfg["workers"], pin_memory=device.type == "cuda")
+    batches = iter(loader)
 
     def save_state():
         atomic_save({"format": "dubcam-train", "step": step, "seconds": spent, "config": cfg,
                      "generator": gen.state_dict(), "discriminator": disc.state_dict(),
-                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                     "torch_rng": torch.get_rng_state()}, out / "last.pt")
+                     "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "numpy_rng": _numpy_rng(),
+                     "python_rng": random.getstate(), "monitor_best": best, "world_size": world,
+                     **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
+                    out / "last.pt")
 
-    from torch.utils.tensorboard import SummaryWriter
+    last_validation: dict = {}  # {"step": int, "scores": dict}
 
-    tb = SummaryWriter(out / "tb")
+    def validate() -> dict[str, float]:
+        nonlocal best
+        if last_validation.get("step") == step:
+            return last_validation["scores"]
+        scores = monitor(gen)
+        last_validation.update(step=step, scores=scores)
+        for name, v in scores.items():
+            tb.add_scalar(f"val/{name}", v, step)
+        log.info("step %d  val %s", step, "  ".join(f"{n} {v:.4f}" for n, v in scores.items()))
+        if scores.get("AVSu", -float("inf")) > best:
+            best = scores["AVSu"]
+            save_generator(gen, out / "best.pt", {"steps": step, "val": scores, "config": cfg})
+            log.info("new best AVSu %.4f: wrote %s", best, out / "best.pt")
+        return scores
+
+    tb = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(out / "tb")
     limit_s = cfg["time_limit_min"] * 60 if cfg["time_limit_min"] else float("inf")
     gen.train()
     disc.train()
     t_start = time.perf_counter() - spent
-    while step < cfg["steps"] and spent < limit_s:
-        batch = _batches(dataset, cfg["batch_size"], step)
-        fake = gen(batch["faces"], batch["mels"])
+    t_log, step_log = time.perf_counter(), step
+    while step < cfg["steps"]:
+        stop = torch.tensor(float(spent >= limit_s), device=device)
+        if world > 1 and cfg["time_limit_min"]:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+        if stop.item():
+            break
+        batch = {key: v.to(device, non_blocking=True) for key, v in next(batches).items()}
         use_gan = loss_w["gan"] > 0 and step >= loss_w["gan_start"]
-        losses = {"l1": l1_loss(fake, batch["target"], loss_w["l1_lower_weight"])}
-        total = loss_w["l1"] * losses["l1"]
-        if use_gan:
-            losses["gan_g"] = gan_generator_loss(disc(fake))
-            total = total + loss_w["gan"] * losses["gan_g"]
+        use_sync = sync_loss is not None and step >= loss_w["sync_start"]
+        stats = {}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            fake = gen_step(batch["faces"], batch["mels"])
+            losses = {"l1": l1_loss(fake.float(), batch["target"], loss_w["l1_lower_weight"])}
+            total = loss_w["l1"] * losses["l1"]
+            if perceptual is not None:
+                losses["perceptual"] = perceptual(fake, batch["target"])
+                total = total + loss_w["perceptual"] * losses["perceptual"]
+            if use_sync:
+                losses["sync"], stats = sync_loss(fake, batch)
+                total = total + loss_w["sync"] * losses["sync"]
+            if use_gan:
+                disc.requires_grad_(False)  # the generator's step: no discriminator gradients
+                losses["gan_g"] = gan_generator_loss(disc(fake).float())
+                disc.requires_grad_(True)
+                total = total + loss_w["gan"] * losses["gan_g"]
         opt_g.zero_grad(set_to_none=True)
-        total.backward()
-        opt_g.step()
+        scaler.scale(total).backward()
+        scaler.step(opt_g)
         if use_gan:
-            losses["gan_d"] = gan_discriminator_loss(disc(batch["target"]), disc(fake.detach()))
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = disc_step(torch.cat([batch["target"], fake.detach()])).float()
+                n = len(batch["target"])
+                losses["gan_d"] = gan_discriminator_loss(logits[:n], logits[n:])
             opt_d.zero_grad(set_to_none=True)
-            losses["gan_d"].backward()
-            opt_d.step()
+            scaler.scale(losses["gan_d"]).backward()
+            scaler.step(opt_d)
+        scaler.update()
         step += 1
         spent = time.perf_counter() - t_start
         if step % cfg["log_every"] == 0 or step == 1:
-            for name, v in losses.items():
-                tb.add_scalar(f"loss/{name}", v.item(), step)
-            tb.add_scalar("loss/total", total.item(), step)
-            log.info("step %d  %s  %.2f s/step", step,
-                     "  ".join(f"{n} {v.item():.4f}" for n, v in losses.items()), spent / step)
+            values = _mean_over_ranks({**losses, "total": total, **{f"sync_{n}": v for n, v in stats.items()
+                                                                  if v.ndim == 0}}, world)
+            rate = (step - step_log) * cfg["batch_size"] * world / max(1e-9, time.perf_counter() - t_log)
+            t_log, step_log = time.perf_counter(), step
+            if rank == 0:
+                for name, v in values.items():
+                    tb.add_scalar(f"loss/{name}", v, step)
+                tb.add_scalar("speed/samples_per_s", rate, step)
+                log.info("step %d  %s  %.3g samples/s", step, "  ".join(f"{n} {v:.4f}" for n, v in values.items()),
+                         rate)
         if step % cfg["ckpt_every"] == 0:
-            n = min(4, len(fake))
-            grid = torch.cat([batch["faces"][:n, 3:], batch["faces"][:n, :3], fake[:n].detach(),
-                              batch["target"][:n]], dim=3)
-            tb.add_images("identity|pose|generated|target", grid, step)
-            save_state()
-    save_state()
-    scores = evaluate(gen, val_clips, k) if val_clips else {}
-    for name, v in scores.items():
-        tb.add_scalar(f"val/{name}", v, step)
-    tb.close()
-    meta = {"steps": step, "train_seconds": round(spent), "train_clips": len(train_clips),
-            "val_clips": len(val_clips), "config": cfg, "val": scores}
-    save_generator(gen.eval(), out / "generator.pt", meta)
-    log.info("done: %d steps in %.0f s; val %s; wrote %s", step, spent, scores, out / "generator.pt")
-    return out / "generator.pt"
+            if world > 1:
+                _broadcast_buffers(gen, disc)
+            if rank == 0:
+                _log_images(tb, batch, fake, stats, k, step)
+                save_state()
+        if monitor is not None and cfg["monitor"]["every"] and step % cfg["monitor"]["every"] == 0:
+            validate()
+    if world > 1:
+        _broadcast_buffers(gen, disc)
+    scores = {}
+    if rank == 0:
+        save_state()
+        scores = validate()
+        tb.close()
+        meta = {"steps": step, "train_seconds": round(spent), "train_clips": len(train_clips),
+                "val_clips": len(monitor.clips), "config": cfg, "val": scores}
+        save_generator(gen.eval(), out / "generator.pt", meta)
+        log.info("done: %d steps in %.0f s; val %s; wrote %s", step, spent, scores, out / "generator.pt")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return gen.eval()
+
+
+def _log_images(tb, batch, fake, stats, k, step) -> None:
+    n = min(4, len(fake))
+    grid = torch.cat([batch["faces"][:n, 3:], batch["faces"][:n, :3], fake[:n].detach().float(),
+                      batch["target"][:n]], dim=3)
+    tb.add_images("identity|pose|generated|target", grid.clamp(0, 1), step)
+    if "rois" in stats:  # [2, C, 96, 96]: real and generated mouth ROIs of the first sample
+        real, generated = stats["rois"]
+        tb.add_images("mouth_roi real|generated", torch.cat([real, generated], dim=2)[:, None].clamp(0, 1), step)
 
 
 def main(argv=None) -> int:

@@ -5,9 +5,13 @@
 generator's :class:`~engine.models.GeneratorInfo` as ``.info``.
 
 Kinds: ``torch`` (eager; fp16 on CUDA), ``onnxruntime`` (CPU, or the CUDA /
-TensorRT execution providers when installed). ``auto`` takes ONNX Runtime
-when it is installed, else torch. All kinds give the same frames within
-1e-4 on the CPU (``tests/test_backends.py``).
+TensorRT execution providers when installed; ``int8=True`` for the INT8
+version), ``tensorrt`` (an engine built by ``tools/export_trt.py``, see
+:mod:`engine.backends.tensorrt_backend`). ``auto`` takes TensorRT when an
+engine was built for the model and a GPU is usable, else ONNX Runtime when
+it is installed, else torch. All kinds give the same frames within 1e-4 on
+the CPU in float32 (``tests/test_backends.py``); FP16 and INT8 trade a
+measured amount of that (``tests/test_export.py``, ``tools/bench.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,35 @@ import torch
 
 from engine.models import GeneratorInfo
 
-KINDS = ("auto", "torch", "onnxruntime")
+KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def example_inputs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random generator inputs: faces ``[n,6,S,S]`` in [0, 1] (pose lower half zeroed), mels ``[n,1,80,16]`` in [-4, 4].
+
+    float32; the same for the same ``seed``. For export checks and benchmarks.
+    """
+    rng = np.random.default_rng(seed)
+    faces = rng.random((n, 6, size, size), dtype=np.float32)
+    faces[:, :3, size // 2:] = 0
+    return faces, rng.random((n, 1, 80, 16), dtype=np.float32) * 8 - 4
+
+
+def max_diff(backend, model: torch.nn.Module, batches: tuple[int, ...] = (1, 5)) -> float:
+    """Largest |backend − PyTorch float32| over :func:`example_inputs` of each batch size.
+
+    The check of an export or engine against the module it came from (run
+    on the device the module is on). Our generators agree to ~1e-6 in
+    ONNX Runtime float32; FP16 engines to ~1e-3–1e-2.
+    """
+    device = next(model.parameters()).device
+    worst = 0.0
+    for n in batches:
+        faces, mels = example_inputs(n, model.info.size, seed=n)
+        with torch.no_grad():
+            ref = model.eval()(torch.from_numpy(faces).to(device), torch.from_numpy(mels).to(device))
+        worst = max(worst, float(np.abs(backend.run(faces, mels) - ref.float().cpu().numpy()).max()))
+    return worst
 
 
 class Backend(Protocol):
@@ -44,40 +76,74 @@ class BackendError(RuntimeError):
 
 def available() -> dict[str, str | None]:
     """Each backend kind → ``None`` if usable here, else why not."""
+    from engine.backends.tensorrt_backend import unavailable_reason
+
     out: dict[str, str | None] = {"torch": None}
     try:
         import onnxruntime  # noqa: F401
         out["onnxruntime"] = None
     except ImportError:
         out["onnxruntime"] = "onnxruntime is not installed (pip install onnxruntime)"
+    out["tensorrt"] = unavailable_reason()
     return out
 
 
 def load(model_or_path: torch.nn.Module | str | Path, kind: str = "auto", device: str = "cpu",
-         **options) -> Backend:
-    """A backend of ``kind`` for a generator module or checkpoint path.
+         int8: bool = False, **options) -> Backend:
+    """A backend of ``kind`` for a generator module, a checkpoint path, or a built engine.
+
+    Args:
+        model_or_path: a generator module, a checkpoint (ours or Wav2Lip's),
+            or a TensorRT build of ``tools/export_trt.py`` (its folder, its
+            ``generator.json`` or its engine file; kinds ``tensorrt`` / ``auto``).
+        kind: one of :data:`KINDS`.
+        device: ``cpu`` or ``cuda[:n]``; the ``tensorrt`` kind always runs on
+            a GPU (``cuda`` when ``cpu`` is given).
+        int8: the INT8 model (ONNX Runtime only; ``auto`` then means ONNX Runtime).
+        options: passed to the backend class (e.g. ``fp16`` for torch, ``threads``).
 
     Raises:
-        ValueError: unknown kind.
-        BackendError: the kind cannot run here (the message says why).
+        ValueError: unknown kind, or ``int8`` with a kind other than onnxruntime.
+        BackendError: the kind cannot run here, or no engine was built for
+            the model (the message says why and what to run).
         engine.checkpoints.CheckpointError / FileNotFoundError: bad checkpoint path.
     """
+    from engine.backends import tensorrt_backend as trt_backend
+
     if kind not in KINDS:
         raise ValueError(f"unknown backend {kind!r}; choose from {', '.join(KINDS)}")
+    if int8 and kind not in ("auto", "onnxruntime"):
+        raise ValueError(f"INT8 is an ONNX Runtime option; it does not apply to the {kind} backend "
+                         "(use --backend onnxruntime, or build a TensorRT engine with --int8-calib)")
+    why = available()
+    built = None if isinstance(model_or_path, torch.nn.Module) else trt_backend.build_file(model_or_path)
+    if built is not None and kind in ("auto", "tensorrt"):
+        if why["tensorrt"]:
+            raise BackendError(f"{model_or_path} is a TensorRT build, but {why['tensorrt']}")
+        return trt_backend.TensorRTBackend(built, device=device, **options)
     model = model_or_path
     if not isinstance(model, torch.nn.Module):
         from engine.models import load as load_model
 
         model = load_model(model_or_path)
-    why = available()
     if kind == "auto":
-        kind = "onnxruntime" if why["onnxruntime"] is None else "torch"
+        if not int8 and why["tensorrt"] is None and trt_backend.find_engine(model) is not None:
+            kind = "tensorrt"
+        else:
+            kind = "onnxruntime" if why["onnxruntime"] is None else "torch"
     if why.get(kind):
         raise BackendError(why[kind])
     if kind == "torch":
         from engine.backends.torch_backend import TorchBackend
 
         return TorchBackend(model, device=device, **options)
+    if kind == "tensorrt":
+        found = trt_backend.find_engine(model)
+        if found is None:
+            raise BackendError(f"no TensorRT engine was built for this generator (looked in "
+                               f"{trt_backend.engine_dir(model)}); build one with: "
+                               "python tools/export_trt.py --checkpoint CHECKPOINT --fp16")
+        return trt_backend.TensorRTBackend(found, device=device, **options)
     from engine.backends.onnx_backend import OnnxBackend
 
-    return OnnxBackend(model, device=device, **options)
+    return OnnxBackend(model, device=device, int8=int8, **options)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.checkpoints import CheckpointError, _strip_module, safe_load
+from engine.checkpoints import load_weights
 from engine.models.blocks import ConvBlock, audio_encoder
 
 __all__ = ["SyncNet", "SyncNetColor"]
@@ -32,31 +32,6 @@ def _conv_bn_relu(conv: nn.Conv2d | nn.Conv3d) -> list[nn.Module]:
 
 def _embedding_head() -> nn.Sequential:
     return nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 1024))
-
-
-def _load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a raw state dict or Wav2Lip's ``{"state_dict": ...}`` (``module.``
-    stripped) read with ``weights_only=True``; only absent or extra BatchNorm
-    ``num_batches_tracked`` entries are forgiven (their presence in the
-    published files is unverified, spec §6). Returns the model in eval mode.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: unreadable file, not a state dict, or weights that
-            do not fit.
-    """
-    checkpoint = safe_load(path)
-    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{path}: not a state dict")
-    try:
-        result = model.load_state_dict(_strip_module(state_dict), strict=False)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {e}") from e
-    misfits = [k for k in result.missing_keys + result.unexpected_keys if not k.endswith("num_batches_tracked")]
-    if misfits:
-        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}; missing or unexpected: {misfits}")
-    return model.eval()
 
 
 class SyncNet(nn.Module):
@@ -92,8 +67,8 @@ class SyncNet(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "SyncNet":
         """Load ``syncnet_v2.model`` (a raw state dict), on the CPU in eval
-        mode; errors as :func:`_load_weights`."""
-        return _load_weights(cls(), path)
+        mode; errors as :func:`engine.checkpoints.load_weights`."""
+        return load_weights(cls(), path)
 
     def forward_aud(self, mfcc: Tensor) -> Tensor:
         """``[N, 1, 13, 20]`` float MFCC windows (0.2 s, 100 Hz; see
@@ -148,8 +123,8 @@ class SyncNetColor(nn.Module):
         """Load Wav2Lip's ``lipsync_expert.pth`` (``{"state_dict", "optimizer",
         "global_step", "global_epoch"}``) as a BGR-weights model
         (``bgr=True``), on the CPU in eval mode; errors as
-        :func:`_load_weights`."""
-        return _load_weights(cls(bgr=True), path)
+        :func:`engine.checkpoints.load_weights`."""
+        return load_weights(cls(bgr=True), path)
 
     def forward(self, mels: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
         """Embed a mel window and the lower halves of 5 frames.

@@ -1,0 +1,273 @@
+"""The live commands of ``realtime`` (registered by :func:`realtime.cli.build_parser`).
+
+    realtime cam --camera 0 --audio-source mic --virtual-mic SINK [--preview]
+    realtime serve --webrtc [--host 127.0.0.1] [--port 8080] [--token T] [--max-sessions N]
+    realtime devices
+    realtime bench [--seconds N] [--fast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from engine.audio import SAMPLE_RATE
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return w, h
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}")
+
+
+def _print_report(report, runner=None) -> None:
+    for line in report.lines():
+        print("  " + line)
+    if runner is not None:
+        st = runner.stats
+        ready = np.percentile(st.ready, [50, 95]) if st.ready else (0.0, 0.0)
+        print(f"  scheduled latency {1000 * runner.latency_s:.0f} ms; composites ready after p50 "
+              f"{1000 * ready[0]:.0f} ms, p95 {1000 * ready[1]:.0f} ms; most frames queued {st.max_queue}")
+
+
+# -- realtime cam ------------------------------------------------------------------------------------
+
+def cmd_cam(args) -> int:
+    from realtime.cli import _pipeline_factory
+    from realtime.runner import MediaClock, run_live
+    from realtime.sinks import PreviewSink, VirtualCameraSink, VirtualMicSink
+    from realtime.sources import open_audio_source, open_video_source
+
+    make_pipeline = _pipeline_factory(args)
+    clock, stop = MediaClock(), threading.Event()
+    opened = []
+    try:
+        video, width, height = open_video_source(args.camera, clock, args.camera_size, args.fps, args.seconds)
+        opened.append(video)
+        audio = open_audio_source(args.audio_source, clock, voice=args.voice)
+        opened.append(audio)
+        sinks = []
+        if not args.no_virtual_camera:
+            sinks.append(VirtualCameraSink(width, height, args.fps, device=args.vcam_device, backend=args.vcam_backend))
+            opened.append(sinks[-1])
+            print(f"virtual camera: {sinks[-1].device} ({width}x{height} at {args.fps:g} fps)")
+        if args.preview:
+            sinks.append(PreviewSink(stop))
+            opened.append(sinks[-1])
+    except BaseException:
+        for thing in opened:
+            thing.close()
+        raise
+    audio_sinks = []
+    if args.virtual_mic is not None:
+        audio_sinks.append(lambda r: VirtualMicSink(r.delay, r.clock, r.latency_s, args.virtual_mic))
+    pipeline = make_pipeline()
+    try:
+        print(f"live from {args.camera}, driven by {args.audio_source}; Ctrl-C stops", flush=True)
+        report, runner = run_live(pipeline, video, audio, sinks=sinks, audio_sinks=audio_sinks, clock=clock,
+                                  latency_s=args.latency, seconds=args.seconds, stop=stop)
+    finally:
+        pipeline.close()
+    print("stopped; every device released")
+    _print_report(report, runner)
+    return 0
+
+
+# -- realtime serve --webrtc ---------------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    from realtime.cli import _pipeline_factory
+    from realtime.devices import LIVE_EXTRA, DeviceError
+
+    if not args.webrtc:
+        raise ValueError("serve needs --webrtc (the WebRTC service is the one service so far)")
+    try:
+        from realtime.webrtc.server import Server, serve
+    except ImportError as e:
+        raise DeviceError(f"the WebRTC service needs aiortc and aiohttp ({e}): {LIVE_EXTRA}") from e
+    server = Server(_pipeline_factory(args), host=args.host, token=args.token, max_sessions=args.max_sessions,
+                    latency_s=args.latency)
+    serve(server, args.host, args.port)
+    return 0
+
+
+# -- realtime devices --------------------------------------------------------------------------------
+
+def cmd_devices(args) -> int:
+    from realtime.devices import list_devices
+
+    for line in list_devices():
+        print(line)
+    return 0
+
+
+# -- realtime bench ----------------------------------------------------------------------------------
+
+class _Vp8Probe:
+    """Encodes every shown frame with aiortc's VP8 encoder (what the WebRTC service does) and times it."""
+
+    def __init__(self):
+        import time
+
+        from aiortc.codecs import get_encoder
+        from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+        self.encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
+        self.seconds, self.frames, self._time = 0.0, 0, time.perf_counter
+
+    def write(self, frame, t):
+        import av
+
+        vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts, vf.time_base = int(t * 90000), Fraction(1, 90000)
+        t0 = self._time()
+        self.encoder.encode(vf)
+        self.seconds += self._time() - t0
+        self.frames += 1
+
+    def close(self):
+        pass
+
+
+class _LoopedAudio:
+    """A speech file repeated to cover ``seconds``, in 20 ms pieces ``(samples, t)``."""
+
+    def __init__(self, path, seconds: float):
+        from realtime.sources import AudioFileSource
+
+        speech = AudioFileSource(path).samples
+        n = int(seconds * SAMPLE_RATE) + SAMPLE_RATE
+        self.samples = np.tile(speech, n // len(speech) + 1)[:n]
+
+    def __iter__(self):
+        piece = SAMPLE_RATE // 50
+        for i in range(0, len(self.samples), piece):
+            yield self.samples[i: i + piece], i / SAMPLE_RATE
+
+
+def cmd_bench(args) -> int:
+    from realtime.cli import DEMO_FACE, DEMO_SPEECH, _pipeline_factory
+    from realtime.runner import MediaClock, Paced, run_file, run_live
+    from realtime.sources import AudioFileSource, VideoFileSource
+
+    video, speech = args.video or DEMO_FACE, args.audio or DEMO_SPEECH
+    pipeline = _pipeline_factory(args)()
+    info, k = pipeline.info, pipeline.config.chunk
+    try:
+        if args.fast:
+            with tempfile.TemporaryDirectory() as tmp:
+                report = run_file(pipeline, video, AudioFileSource(speech), Path(tmp) / "bench.mp4", progress=False)
+            print(f"fast mode (as fast as possible, H.264 file output), {pipeline.backend.name}:")
+            _print_report(report)
+            return 0
+        clock = MediaClock()
+        probe = None
+        try:
+            probe = _Vp8Probe()
+        except ImportError:
+            print("(aiortc is not installed: no VP8 encoding figure)")
+        source = VideoFileSource(video, duration=args.seconds)
+        report, runner = run_live(pipeline, Paced(source, clock), Paced(_LoopedAudio(speech, args.seconds), clock),
+                                  sinks=[probe] if probe else [], clock=clock, latency_s=args.latency)
+    finally:
+        pipeline.close()
+    st = pipeline.stats
+    fps = source.fps
+    print(f"live mode, real-time paced {args.seconds:g} s of {Path(video).name} at {fps:g} fps + "
+          f"{Path(speech).name}, backend {pipeline.backend.name}, chunk {k}:")
+    _print_report(report, runner)
+    per_chunk = 1000 * st.stage_s["generator"] / max(1, st.chunks)
+    per_frame = {s: 1000 * v / max(1, st.frames_in) for s, v in st.stage_s.items()}
+    enc = 1000 * probe.seconds / max(1, probe.frames) if probe else float("nan")
+    print("latency budget (one frame, capture → leaving the process):")
+    rows = [("mel lookahead (window end + half STFT window)", 1000 * info.lookahead_s),
+            (f"chunk wait (k={k}: 0 to {1000 * (k - 1) / fps:.0f} ms, mean)", 1000 * (k - 1) / fps / 2),
+            ("audio delivery (one 20 ms block)", 20.0),
+            ("face tracking (per frame, on arrival)", per_frame["tracking"]),
+            (f"inference (per chunk of {k}, {st.chunks} chunks)", per_chunk),
+            (f"compositing (per frame; the chunk's {k} in a row)", per_frame["compositing"]),
+            ("encoding (aiortc VP8, per frame)", enc)]
+    for name, ms in rows:
+        print(f"  {name:<52} {ms:7.1f} ms")
+    worst = (1000 * (info.lookahead_s + (k - 1) / fps + 0.02) + per_frame["tracking"] + per_chunk
+             + per_frame["compositing"] * k)
+    print(f"  {'sum for the first frame of a chunk (worst case)':<52} {worst:7.1f} ms "
+          f"(+ encoding {enc:.1f} ms, + network and the receiver's jitter buffer)")
+    print(f"  the output is scheduled at {1000 * runner.latency_s:.0f} ms (--latency); "
+          f"pass-through counts say whether that is enough here")
+    return 0
+
+
+def add_live_commands(sub, model_options, voice_default: str = "en") -> None:
+    """Register ``cam``, ``serve``, ``devices`` and ``bench`` on the ``realtime`` sub-parsers."""
+    c = sub.add_parser("cam", help="live: camera + microphone (or other driving audio) → virtual camera",
+                       description="Read a camera, re-render the mouth to the driving audio, and publish the "
+                                   "result as a virtual camera (pyvirtualcam: v4l2loopback on Linux, OBS Virtual "
+                                   "Camera on Windows/macOS) that Zoom, Meet or Teams can pick. The driving audio "
+                                   "is played to --virtual-mic delayed by exactly the pipeline's latency, so the "
+                                   "call gets lips and voice in sync. Ctrl-C stops and releases every device.")
+    c.add_argument("--camera", default="0",
+                   help="camera index or device (default: 0); a video or image file stands in for a camera")
+    c.add_argument("--audio-source", default="mic",
+                   help="driving audio: mic, mic:DEVICE, an audio file, text:WORDS (espeak-ng), or "
+                        "tcp://HOST:PORT (listen for raw 16 kHz mono s16le PCM, e.g. from a translation "
+                        "system) (default: mic)")
+    c.add_argument("--voice", default=voice_default, help="espeak-ng voice for text: (default: en)")
+    c.add_argument("--virtual-mic", default=None, metavar="DEVICE",
+                   help="play the delayed driving audio to this output: a PulseAudio/PipeWire sink name (e.g. a "
+                        "null sink), VB-Cable, BlackHole, or a device index (see `realtime devices`)")
+    c.add_argument("--preview", action="store_true", help="show the output in a local window (q closes)")
+    c.add_argument("--no-virtual-camera", action="store_true", help="do not publish a virtual camera")
+    c.add_argument("--vcam-device", default=None, help="virtual camera device, e.g. /dev/video10")
+    c.add_argument("--vcam-backend", default=None, help="pyvirtualcam backend (v4l2loopback, obs, unitycapture)")
+    c.add_argument("--camera-size", type=_size, default=(640, 480), metavar="WxH",
+                   help="camera frame size to ask for (default: 640x480)")
+    c.add_argument("--fps", type=float, default=25.0, help="camera frame rate to ask for (default: 25)")
+    c.add_argument("--latency", type=float, default=None, metavar="SECONDS",
+                   help="added latency the output is scheduled at (default: mel lookahead + chunk + 0.1 s)")
+    c.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    model_options(c)
+    c.set_defaults(func=cmd_cam)
+
+    s = sub.add_parser("serve", help="live: a WebRTC service that browsers call (--webrtc)",
+                       description="Serve a web page: the browser sends its camera and microphone (or a "
+                                   "driving-audio file) and receives the lip-synced video with the driving audio "
+                                   "over WebRTC (aiortc). Several sessions at once, each with its own pipeline. "
+                                   "Bound to anything but loopback it requires a token (--token, or one is "
+                                   "generated and printed).")
+    s.add_argument("--webrtc", action="store_true", help="the WebRTC service")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    s.add_argument("--token", default=None, help="token offers must carry (default: none on loopback, else "
+                                                 "generated and printed)")
+    s.add_argument("--max-sessions", type=int, default=4, help="sessions at once (default: 4)")
+    s.add_argument("--latency", type=float, default=None, metavar="SECONDS",
+                   help="added latency the output is scheduled at (default: mel lookahead + chunk + 0.1 s)")
+    model_options(s)
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("devices", help="list cameras, audio devices, virtual cameras, inference backends",
+                       description="List cameras, audio inputs and outputs (PulseAudio sinks and sources "
+                                   "too), virtual camera backends and inference backends, each with why it is "
+                                   "or is not usable here.")
+    d.set_defaults(func=cmd_devices)
+
+    b = sub.add_parser("bench", help="run the live pipeline on the bundled demo and print speed and latency",
+                       description="Run the live pipeline for N seconds on the bundled demo face and speech (or "
+                                   "--video/--audio) at real-time speed and print fps, added latency p50/p95, "
+                                   "per-stage time, pass-through counts and the latency budget; --fast runs "
+                                   "as fast as possible instead (file mode).")
+    b.add_argument("--seconds", type=float, default=10.0, help="length of the run (default: 10)")
+    b.add_argument("--fast", action="store_true", help="not paced: throughput of the file mode")
+    b.add_argument("--video", type=Path, default=None, help="face video or image (default: the bundled demo face)")
+    b.add_argument("--audio", type=Path, default=None, help="speech (default: the bundled demo speech)")
+    b.add_argument("--latency", type=float, default=None, metavar="SECONDS", help="scheduled latency (live mode)")
+    model_options(b)
+    b.set_defaults(func=cmd_bench)

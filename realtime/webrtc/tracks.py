@@ -1,0 +1,115 @@
+"""The tracks of one WebRTC session, in the shape of aiortc's media contract (``async recv()``).
+
+In: :func:`pump_video` and :func:`pump_audio` read the browser's camera and
+driving-audio tracks into a :class:`~realtime.runner.LiveRunner`, stamped
+with their arrival time on the session clock (audio by sample count, see
+:class:`~realtime.sources.StreamClock`, resampled to 16 kHz mono).
+
+Out: :class:`VideoOutputTrack` pulls the lip-synced frames from the runner,
+each ``latency_s`` after its capture; :class:`AudioOutputTrack` plays the
+driving audio from the runner's delay line with the same delay, so that the
+browser receives lips and voice together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from fractions import Fraction
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from engine.audio import SAMPLE_RATE
+from realtime.runner import LiveRunner
+from realtime.sources import StreamClock
+
+VIDEO_CLOCK = 90_000  # RTP video clock rate (Hz)
+log = logging.getLogger("realtime.webrtc")
+
+
+async def pump_video(track: MediaStreamTrack, runner: LiveRunner) -> None:
+    """Every frame of ``track`` (any size) into ``runner`` as RGB, stamped on arrival, until the track ends."""
+    last = float("-inf")
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        t = max(runner.clock.now(), last + 1e-3)
+        last = t
+        runner.push_video(frame.to_ndarray(format="rgb24"), t)
+
+
+async def pump_audio(track: MediaStreamTrack, runner: LiveRunner) -> None:
+    """The driving audio of ``track`` into ``runner`` as 16 kHz mono float32 until the track ends."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    stamp = StreamClock(tolerance_s=0.1)
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        for f in resampler.resample(frame):
+            samples = f.to_ndarray().reshape(-1).astype(np.float32)
+            t = stamp.stamp(len(samples), runner.clock.now() - len(samples) / SAMPLE_RATE)
+            runner.push_audio(samples, t)
+
+
+class VideoOutputTrack(MediaStreamTrack):
+    """The lip-synced video of a session: each frame leaves ``runner.latency_s`` after its capture.
+
+    Frames are RGB ``av.VideoFrame`` with pts on a 90 kHz clock (the capture
+    time). A frame not generated in time is the captured frame (pass-through).
+    """
+
+    kind = "video"
+
+    def __init__(self, runner: LiveRunner):
+        super().__init__()
+        self.runner = runner
+
+    async def recv(self) -> av.VideoFrame:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            out, wait = self.runner.poll_output()
+            if out is not None:
+                break
+            await asyncio.sleep(min(wait if wait is not None else 0.01, 0.02))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(out.image), format="rgb24")
+        frame.pts = int(round(out.t * VIDEO_CLOCK))
+        frame.time_base = Fraction(1, VIDEO_CLOCK)
+        return frame
+
+
+class AudioOutputTrack(MediaStreamTrack):
+    """The driving audio of a session, delayed by ``runner.latency_s``: 20 ms s16 16 kHz mono frames in real time."""
+
+    kind = "audio"
+
+    def __init__(self, runner: LiveRunner, ptime: float = 0.02):
+        super().__init__()
+        self.runner, self.n = runner, int(ptime * SAMPLE_RATE)
+        self._t: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        clock = self.runner.clock
+        if self._t is None or clock.now() - self._t > 0.2:  # start, or the loop stalled: catch up
+            self._t = clock.now()
+        else:
+            self._t += self.n / SAMPLE_RATE
+            wait = self._t - clock.now()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        samples = self.runner.delay.read(self._t - self.runner.latency_s, self.n)
+        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = int(round(self._t * SAMPLE_RATE))
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        return frame

@@ -1,0 +1,171 @@
+"""train.run on real GRID clips: a few steps with every sync loss, the online monitor, 2-process DDP
+(gloo), exact resume after a killed run, and the configs (the bundled model's recipe unchanged)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from engine.checkpoints import safe_load
+from engine.models import load
+from engine.models.generator import Generator, GeneratorConfig
+from train.discriminator import Discriminator
+from train.losses import SYNC_KINDS
+from train.run import load_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(data: Path, out: Path, **overrides) -> dict:
+    """A config of the tiny recipe: 96 px generator of width 1/8, batch 1, one thread."""
+    items = [f"data={data}", f"out={out}", "model.width=0.125", "disc_width=0.125", "batch_size=1", "steps=2",
+             "log_every=1", "ckpt_every=2", "threads=1", "sync.context=10", "monitor.max_frames=10",
+             "monitor.every=0", "loss.perceptual=0"]
+    return load_config(None, items + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def _scalars(out: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+@pytest.mark.parametrize("kind", SYNC_KINDS)
+def test_train_run_with_every_sync_loss(kind, grid_train_data, tmp_path, avhubert_checkpoint,
+                                        lip_expert_checkpoint, vgg19_weights, syncnet_checkpoint):
+    paper = kind == "avhubert"  # the paper's full recipe: + perceptual, monitor with LSE
+    cfg = tiny(grid_train_data, tmp_path, **{
+        "sync.kind": kind, "weights.avhubert": avhubert_checkpoint, "weights.syncnet": lip_expert_checkpoint,
+        "weights.vgg": vgg19_weights, "weights.lse": syncnet_checkpoint if paper else "null",
+        "loss.perceptual": 1.0 if paper else 0.0, "monitor.every": 2})
+    gen = train(cfg)
+    state = safe_load(tmp_path / "last.pt")
+    assert state["step"] == 2 and {"scaler", "torch_rng", "numpy_rng", "python_rng", "monitor_best"} <= set(state)
+    exported = load(tmp_path / "generator.pt")
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, gen.state_dict()[key])
+    tags = _scalars(tmp_path)
+    assert {"loss/l1", "loss/gan_g", "loss/gan_d", "loss/total", "val/l1", "val/psnr", "val/ssim"} <= tags
+    if kind != "none":
+        assert {"loss/sync", "loss/sync_cos"} <= tags
+    if paper:
+        assert {"loss/perceptual", "val/LSE-D", "val/LSE-C"} <= tags
+    if kind.startswith("avhubert"):  # the monitor's AVS scores and the best checkpoint by AVSu
+        assert {"val/AVSu", "val/AVSm", "val/AVSv"} <= tags
+        best = safe_load(tmp_path / "best.pt")
+        assert best["meta"]["val"]["AVSu"] == state["monitor_best"] and best["meta"]["steps"] == 2
+
+
+def test_missing_loss_weights_are_a_clear_error(grid_train_data, tmp_path):
+    cfg = tiny(grid_train_data, tmp_path, **{"loss.perceptual": 1.0, "sync.kind": "none"})
+    with pytest.raises(FileNotFoundError, match=r"perceptual loss.*vgg19-dcbb9e9d\.pth"):
+        train(cfg)
+    cfg = tiny(grid_train_data, tmp_path, **{"sync.kind": "avhubert"})
+    with pytest.raises(FileNotFoundError, match=r"avhubert sync loss needs an AV-HuBERT checkpoint"):
+        train(cfg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_rank(rank: int, cfg: dict, port: int, world: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    gen = train(cfg)
+    torch.save(gen.state_dict(), Path(cfg["out"]) / f"rank{rank}.pt")
+
+
+def test_ddp_two_processes_end_with_identical_weights(grid_train_data, tmp_path, avhubert_checkpoint):
+    """2-process DDP on the CPU (gloo) with the AV-HuBERT sync loss: each rank trains on other samples,
+    gradients are averaged, both ranks end with the same weights (BatchNorm statistics included)."""
+    cfg = tiny(grid_train_data, tmp_path, **{"sync.kind": "avhubert", "weights.avhubert": avhubert_checkpoint,
+                                             "steps": 2})
+    mp.spawn(_ddp_rank, args=(cfg, _free_port(), 2), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    state = safe_load(tmp_path / "last.pt")  # written by rank 0
+    assert state["world_size"] == 2 and state["step"] == 2
+    assert all(torch.equal(state["generator"][key], ranks[1][key]) for key in ranks[1])
+
+
+def test_killed_run_resumes_to_the_same_weights(grid_train_data, tmp_path):
+    """Kill (SIGKILL) a train.run process after its first checkpoint; --resume reaches exactly the
+    weights and optimizer state of an uninterrupted run."""
+    settings = {"steps": 6, "ckpt_every": 2, "loss.gan": 1.0, "sync.kind": "none", "monitor.every": 0}
+    train(tiny(grid_train_data, tmp_path / "whole", **settings))
+    config = tmp_path / "killed.yaml"
+    config.write_text(yaml.safe_dump(tiny(grid_train_data, tmp_path / "killed", **settings)))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "train.run", "--config", str(config)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = safe_load(last)["step"]
+    assert killed_at < 6 and not (tmp_path / "killed" / "generator.pt").exists()
+    subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    whole, resumed = safe_load(tmp_path / "whole" / "last.pt"), safe_load(last)
+    assert resumed["step"] == whole["step"] == 6
+    for part in ("generator", "discriminator"):
+        for key, value in whole[part].items():
+            torch.testing.assert_close(resumed[part][key], value, rtol=0, atol=1e-6, msg=f"{part} {key}")
+    for group in ("opt_g", "opt_d"):
+        for i, s in whole[group]["state"].items():
+            torch.testing.assert_close(resumed[group]["state"][i]["exp_avg"], s["exp_avg"], rtol=0, atol=1e-6)
+
+
+def test_default_cpu_config_keeps_its_recipe_and_resumes_old_checkpoints(grid_train_data, tmp_path):
+    """configs/default_cpu.yaml (the bundled model) is still L1 (lower half x3) + a light GAN, and
+    --resume reads a last.pt written before scaler/RNG/monitor keys existed."""
+    cfg = load_config(str(ROOT / "configs" / "default_cpu.yaml"),
+                      [f"data={grid_train_data}", f"out={tmp_path}", "model.width=0.125", "disc_width=0.125",
+                       "batch_size=1", "threads=1", "monitor.max_frames=10"])
+    assert cfg["loss"] == {"l1": 10.0, "l1_lower_weight": 3.0, "gan": 0.05, "gan_start": 1500,
+                           "perceptual": 0.0, "sync": 0.0, "sync_start": 0}
+    assert (cfg["lr"], cfg["k"], cfg["model"]["size"]) == (3e-4, 5, 96)
+    gen, disc = Generator(GeneratorConfig(size=96, width=0.125)), Discriminator(0.125)
+    opt_g, opt_d = torch.optim.Adam(gen.parameters()), torch.optim.Adam(disc.parameters())
+    torch.save({"format": "dubcam-train", "step": 250, "seconds": 12.0, "config": cfg,
+                "generator": gen.state_dict(), "discriminator": disc.state_dict(), "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(), "torch_rng": torch.get_rng_state()}, tmp_path / "last.pt")
+    cfg["steps"] = 251
+    train(cfg, resume=True)
+    assert safe_load(tmp_path / "last.pt")["step"] == 251
+
+
+def test_configs_are_the_paper_recipe_and_its_ablation():
+    paper = load_config(str(ROOT / "configs" / "paper_lrs2.yaml"), [])
+    assert paper["loss"]["l1"] == 10.0 and paper["loss"]["perceptual"] == 1.0 and paper["loss"]["sync"] == 0.5
+    assert paper["lr"] == 1e-4 and paper["sync"]["kind"] == "avhubert" and paper["model"] == {"size": 96, "width": 1.0}
+    kinds = {}
+    for path in sorted((ROOT / "configs").glob("paper_lrs2_*.yaml")):
+        cfg = load_config(str(path), [])
+        assert {k: v for k, v in cfg.items() if k not in ("sync", "out", "loss")} == \
+               {k: v for k, v in paper.items() if k not in ("sync", "out", "loss")}
+        kinds[cfg["sync"]["kind"] if cfg["loss"]["sync"] > 0 else "none"] = cfg["out"]
+    assert set(kinds) == {"avhubert-visual", "avhubert-multimodal", "syncnet", "none"}
+    assert len(set(kinds.values())) == 4 and paper["out"] not in kinds.values()
+    assert yaml.safe_load((ROOT / "configs" / "paper_lrs2_syncnet.yaml").read_text())["include"] == "paper_lrs2.yaml"

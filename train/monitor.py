@@ -1,0 +1,131 @@
+"""The online validation monitor of ``train.run`` (Yaman et al. 2024 §4.1, eq. 4–6).
+
+Every ``monitor.every`` steps and at the end of a run, the generator runs
+on a fixed validation subset: the first ``monitor.clips`` validation clips,
+each from its first frame for up to ``monitor.max_frames`` frames (a whole
+multiple of k), as the streaming pipeline would see them: pose reference =
+the frame with its lower half masked, identity reference = the k frames
+half a clip away, mel windows centred on the frames. It reports
+
+* ``l1``, ``psnr`` (dB), ``ssim`` of the generated vs real face crops
+  (:func:`engine.metrics.psnr` / :func:`engine.metrics.ssim` on [0, 1]
+  images, averaged over frames);
+* with AV-HuBERT weights and clips that carry mouth-ROI data: ``AVSu``,
+  ``AVSm``, ``AVSv`` (:func:`engine.metrics.avs_scores`) of the clip with the
+  generated faces pasted back (``train.roi``, the compositor's paste) against
+  its own audio and its real frames;
+* with syncnet_python weights: ``LSE-D``, ``LSE-C`` (:func:`engine.metrics.lse_scores`,
+  ±15 frames) on the generated face crops resized to 224×224. syncnet_python
+  crops its own S3FD face track from the video instead; the numbers are
+  for comparing checkpoints of one run, not for the paper's tables
+  (``tools/evaluate.py`` computes those).
+
+``train.run`` keeps ``<out>/best.pt``, the generator with the best AVSu.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.audio import mel_window, syncnet_mfcc
+from engine.compose import lower_face_mask
+from engine.metrics import avs_scores, lse_scores, psnr, ssim
+from engine.models.avhubert import AVHubert
+from engine.models.syncnet import SyncNet
+from train.data import Clip, collate, context_arrays, pose_reference
+from train.roi import avhubert_video, context_rois
+
+LSE_SIZE = 224  # syncnet_python's face crop side
+LSE_WINDOW = 5  # video frames per SyncNet window
+
+
+class Monitor:
+    """Scores a generator on fixed validation clips (module doc).
+
+    Args:
+        clips: validation clips; the first ``n_clips`` (with ≥ 3k frames) are used.
+        k: frames per generator call.
+        avhubert: frozen AV-HuBERT for AVSu/AVSm/AVSv, or None.
+        lse_net: syncnet_python's network for LSE-D/LSE-C, or None.
+        max_frames: frames per clip (rounded down to a multiple of k).
+        device: where the networks run.
+    """
+
+    def __init__(self, clips: list[Clip], k: int = 5, avhubert: AVHubert | None = None,
+                 lse_net: SyncNet | None = None, n_clips: int = 8, max_frames: int = 100,
+                 device: str | torch.device = "cpu"):
+        self.clips = [c for c in clips if c.n_frames >= 3 * k][:n_clips]
+        self.k, self.max_frames, self.device = k, max_frames, torch.device(device)
+        self.avhubert = avhubert.eval().to(self.device) if avhubert is not None else None
+        self.lse_net = lse_net.eval().to(self.device) if lse_net is not None else None
+        if self.avhubert is not None and not all(c.has_roi for c in self.clips):
+            raise ValueError("AVSu needs validation clips with mouth-ROI data: re-run python -m train.preprocess")
+
+    def _inputs(self, clip: Clip, n: int, mel_offset_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+        faces = clip.faces[:n].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        T, k = len(clip.valid), self.k
+        identity = np.concatenate([clip.faces[r: r + k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+                                   for r in ((t + T // 2) % (T - k + 1) for t in range(0, n, k))])
+        mels = np.stack([mel_window(clip.mel, i / clip.fps, mel_offset_s) for i in range(n)])[:, None]
+        inputs = np.concatenate([pose_reference(faces), identity], axis=1)
+        return torch.from_numpy(inputs).to(self.device), torch.from_numpy(mels).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, gen: torch.nn.Module) -> dict[str, float]:
+        """Scores of ``gen`` (module doc); ``{}`` without clips. The generator is left in the mode it had."""
+        if not self.clips:
+            return {}
+        was_training = gen.training
+        gen.eval()
+        quality, avs_features, lse = {"l1": [], "psnr": [], "ssim": []}, [], []
+        for clip in self.clips:
+            n = min(len(clip.valid), self.max_frames) // self.k * self.k
+            faces, mels = self._inputs(clip, n, gen.info.mel_offset_s)
+            fake = torch.cat([gen(faces[i: i + self.k], mels[i: i + self.k]) for i in range(0, n, self.k)])
+            fake = fake.float().clamp(0, 1)
+            real = torch.from_numpy(clip.faces[:n].transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(fake)
+            quality["l1"].append((fake - real).abs().mean().item())
+            for f, r in zip(fake.permute(0, 2, 3, 1).cpu().numpy(), real.permute(0, 2, 3, 1).cpu().numpy()):
+                quality["psnr"].append(psnr(r, f, data_range=1.0))
+                quality["ssim"].append(ssim(r, f, data_range=1.0))
+            if self.avhubert is not None:
+                avs_features.append(self._avhubert_features(clip, fake, n))
+            if self.lse_net is not None:
+                lse.append(self._lse(clip, fake))
+        scores = {name: float(np.mean(v)) for name, v in quality.items()}
+        if avs_features:
+            names = ("audio_only", "video_only", "multimodal", "gt_video_only", "gt_multimodal")
+            scores |= avs_scores(**{name: [f[i] for f in avs_features] for i, name in enumerate(names)})
+        if lse:
+            scores["LSE-D"] = float(np.mean([s.lse_d for s in lse]))
+            scores["LSE-C"] = float(np.mean([s.lse_c for s in lse]))
+        gen.train(was_training)
+        return scores
+
+    def _avhubert_features(self, clip: Clip, fake: torch.Tensor, n: int) -> list[torch.Tensor]:
+        batch = collate([context_arrays(clip, 0, n, n)])
+        batch = {key: v.to(self.device) for key, v in batch.items()}
+        mask = torch.from_numpy(lower_face_mask(fake.shape[-1])).to(self.device)
+        real_rois, fake_rois = context_rois(batch, fake[None], mask)
+        audio = batch["ctx_audio"].transpose(1, 2)
+        real_video, fake_video = avhubert_video(real_rois), avhubert_video(fake_rois)
+        run = self.avhubert.extract_features
+        return [run(audio=audio)[0], run(video=fake_video)[0], run(audio=audio, video=fake_video)[0],
+                run(video=real_video)[0], run(audio=audio, video=real_video)[0]]
+
+    def _lse(self, clip: Clip, fake: torch.Tensor):
+        n_windows = len(fake) - LSE_WINDOW + 1
+        mfcc = torch.from_numpy(syncnet_mfcc(clip.audio)).float().to(self.device)
+        need = 4 * (n_windows - 1) + 20
+        if mfcc.shape[1] < need:
+            mfcc = F.pad(mfcc, (0, need - mfcc.shape[1]))
+        frames = F.interpolate(fake, size=(LSE_SIZE, LSE_SIZE), mode="bilinear", align_corners=False) * 255.0
+        vid, aud = [], []
+        for start in range(0, n_windows, 16):
+            idx = range(start, min(start + 16, n_windows))
+            vid.append(self.lse_net.forward_lip(torch.stack([frames[v: v + LSE_WINDOW].transpose(0, 1)
+                                                             for v in idx])))
+            aud.append(self.lse_net.forward_aud(torch.stack([mfcc[None, :, 4 * v: 4 * v + 20] for v in idx])))
+        return lse_scores(torch.cat(vid), torch.cat(aud))
