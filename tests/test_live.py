@@ -56,7 +56,7 @@ def test_slow_generator_passes_frames_through_instead_of_growing_latency(backend
     assert st.max_queue <= runner.max_queue  # the queue in front of the generator is bounded
     passed = st.passthrough.get("dropped", 0) + st.passthrough.get("late", 0)
     assert passed >= 20 and passed + report.generated == 100, st.passthrough
-    assert max(st.ready, default=0) <= runner.latency_s  # what was generated was in time
+    assert max(st.ready, default=0) <= bound  # what was generated was ready within a frame of its deadline
 
 
 def test_frames_keep_flowing_when_network_audio_stops(backend):
@@ -88,10 +88,14 @@ def test_frames_keep_flowing_when_network_audio_stops(backend):
     assert st.frames_out == 75 and report.latency_p95 <= 0.5 + 1 / 25
     assert st.silence_s > 1.0  # after the sender left, silence was fed
     assert pipeline.stats.events.get("silent", 0) > 0
-    # what arrived is the speech, in order, at real-time speed
+    # what arrived is the speech, sample for sample and in order. Its first block may have come after the
+    # runner had already fed silence for that time (the sender connects on its own thread): such late
+    # samples are dropped by design, so the received speech may start a little into the sent one.
+    sent = np.round(speech * 32767) / 32768
     got = runner.delay.read(0.0, 3 * 16000)
     start = int(np.argmax(np.abs(got) > 0))
-    assert np.allclose(got[start: start + 16000], np.round(speech * 32767) / 32768, atol=1e-4)
+    skipped = next(k for k in range(0, 1600) if np.allclose(got[start: start + 64], sent[k: k + 64], atol=1e-4))
+    assert np.allclose(got[start: start + 16000 - skipped], sent[skipped:], atol=1e-4)
 
 
 def test_stream_and_device_clocks():

@@ -53,10 +53,10 @@ def test_virtual_mic_plays_the_microphone_speech_delayed_by_the_pipeline_latency
     clock = MediaClock()
     rec = subprocess.Popen(["parec", "-d", "rig.monitor", "--raw", "--format=s16le", "--rate=16000", "--channels=2",
                             "--latency-msec=10"], stdout=(tmp_path / "rig.raw").open("wb"), env=pulse.env)
-    player = threading.Timer(1.5,  # after start-up (model and device warm-up)
+    player = threading.Timer(2.0,  # after start-up (model and device warm-up)
                              lambda: subprocess.run(["paplay", "-d", "feed", str(speech)], env=pulse.env))
     try:
-        video = Paced(VideoFileSource(data_file("video/grid_bbaf2n.mpg"), duration=6.5), clock)
+        video = Paced(VideoFileSource(data_file("video/grid_bbaf2n.mpg"), duration=7.0), clock)
         mic = MicrophoneSource(clock, "mic")
         sinks = []
 

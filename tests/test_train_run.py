@@ -169,3 +169,16 @@ def test_configs_are_the_paper_recipe_and_its_ablation():
     assert set(kinds) == {"avhubert-visual", "avhubert-multimodal", "syncnet", "none"}
     assert len(set(kinds.values())) == 4 and paper["out"] not in kinds.values()
     assert yaml.safe_load((ROOT / "configs" / "paper_lrs2_syncnet.yaml").read_text())["include"] == "paper_lrs2.yaml"
+
+
+@pytest.mark.gpu
+def test_mixed_precision_steps_on_cuda(grid_train_data, tmp_path, avhubert_checkpoint, vgg19_weights):
+    """The paper's recipe on one GPU in float16 autocast with a gradient scaler (not run where there is
+    no CUDA device)."""
+    cfg = tiny(grid_train_data, tmp_path, **{"sync.kind": "avhubert", "weights.avhubert": avhubert_checkpoint,
+                                             "weights.vgg": vgg19_weights, "loss.perceptual": 1.0,
+                                             "device": "cuda", "batch_size": 2})
+    gen = train(cfg)
+    state = safe_load(tmp_path / "last.pt")
+    assert state["scaler"]["scale"] > 0 and "cuda_rng" in state
+    assert all(torch.isfinite(p).all() for p in gen.parameters())

@@ -179,9 +179,9 @@ class PerceptualLoss(FrozenLossNet):
 def neg_log_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """``−log cos(a, b)`` per row of ``[..., D]`` features, averaged (paper eq. 1), and the mean cosine.
 
-    The cosine is clamped at ``eps`` before the log (a negative cosine gives
-    ``−log eps`` and no gradient; with real AV-HuBERT weights the cosines of
-    matching pairs are positive, paper Fig. 1).
+    The paper's equation needs a positive cosine; it is clamped at ``eps``
+    before the log, so a cosine ≤ eps gives ``−log eps`` and no gradient
+    (the logged ``sync_cos`` shows whether that happens).
     """
     cos = F.cosine_similarity(a.float(), b.float(), dim=-1)
     return -torch.log(cos.clamp_min(eps)).mean(), cos.detach().mean()
@@ -225,7 +225,7 @@ class AVHubertSyncLoss(FrozenLossNet):
                                               output_layer=self.output_layer)
 
     def forward(self, fake: torch.Tensor, batch: dict[str, torch.Tensor]):
-        b, length = batch["ctx_valid"].shape
+        b = batch["ctx_valid"].shape[0]
         real_rois, fake_rois = context_rois(batch, fake.unflatten(0, (b, self.k)), self.mask)
         pad = None if batch["ctx_valid"].all() else ~batch["ctx_valid"]
         audio = batch["ctx_audio"].transpose(1, 2)
