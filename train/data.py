@@ -147,6 +147,16 @@ def pixel_boxes(boxes: np.ndarray) -> np.ndarray:
     return np.array([box_pixels(Box(*b)) for b in boxes.astype(np.float64)], np.float32).reshape(-1, 4)
 
 
+def draw_window(rng: np.random.Generator, clip: Clip, k: int, avoid: int | None = None) -> int:
+    """Start of a random window of ``k`` frames of ``clip`` that all have a face (50 tries, then any window),
+    at least ``k`` frames away from the window starting at ``avoid`` when given."""
+    for _ in range(50):
+        t = int(rng.integers(0, len(clip.valid) - k + 1))
+        if (avoid is None or abs(t - avoid) >= k) and clip.valid[t: t + k].all():
+            return t
+    return t
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Random k-frame windows; ``len`` is a nominal epoch of ``samples_per_epoch`` draws.
 
@@ -182,14 +192,7 @@ class WindowDataset(torch.utils.data.Dataset):
         return self.n
 
     def _window(self, rng, clip: Clip, avoid: int | None = None) -> int:
-        T = len(clip.valid)
-        for _ in range(50):
-            t = int(rng.integers(0, T - self.k + 1))
-            if avoid is not None and abs(t - avoid) < self.k:
-                continue
-            if clip.valid[t: t + self.k].all():
-                return t
-        return t
+        return draw_window(rng, clip, self.k, avoid)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, index))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from engine.audio import mel_window
 from engine.checkpoints import atomic_save, safe_load
 from engine.models.syncnet import SyncNetColor
-from train.data import Clip, StepBatches, load_clips
+from train.data import Clip, StepBatches, draw_window, load_clips
 
 log = logging.getLogger("train.syncnet")
 T = 5  # frames per sample (Wav2Lip's syncnet_T)
@@ -53,19 +53,12 @@ class SyncPairs(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.n
 
-    def _window(self, rng, clip: Clip, avoid: int | None = None) -> int:
-        for _ in range(50):
-            t = int(rng.integers(0, len(clip.valid) - T + 1))
-            if (avoid is None or abs(t - avoid) >= T) and clip.valid[t: t + T].all():
-                return t
-        return t
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, index))
         clip = self.clips[int(rng.integers(len(self.clips)))]
-        t = self._window(rng, clip)
+        t = draw_window(rng, clip, T)
         in_sync = bool(rng.integers(2))
-        f = t if in_sync else self._window(rng, clip, avoid=t)
+        f = t if in_sync else draw_window(rng, clip, T, avoid=t)
         faces = torch.from_numpy(clip.faces[f: f + T].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         if faces.shape[-1] != 96:
             faces = F.interpolate(faces, size=(96, 96), mode="bilinear", antialias=True, align_corners=False)
