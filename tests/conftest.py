@@ -34,7 +34,7 @@ def data_file(rel: str) -> Path:
     """A file of ../shared/data, or skip the test saying which is missing."""
     path = DATA / rel
     if not path.is_file():
-        pytest.skip(f"test data missing: {path} (../shared/data is not beside this checkout)")
+        pytest.skip(reason=f"test data missing: {path} (../shared/data is not beside this checkout)")
     return path
 
 

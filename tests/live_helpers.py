@@ -46,7 +46,7 @@ class PulseServer:
 
     def __init__(self):
         if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
-            pytest.skip("pulseaudio is not installed (apt install pulseaudio pulseaudio-utils libasound2-plugins); "
+            pytest.skip(reason="pulseaudio is not installed (apt install pulseaudio pulseaudio-utils libasound2-plugins); "
                         ".ci/run installs it")
         self.dir = tempfile.mkdtemp(prefix="pa", dir="/tmp")  # short: the socket path has a length limit
         self.env = {**os.environ, "XDG_RUNTIME_DIR": self.dir, "HOME": self.dir}

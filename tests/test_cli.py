@@ -57,7 +57,7 @@ def test_run_loops_a_short_video_over_longer_speech(tmp_path, small_checkpoint):
 
 def test_run_still_image_and_text(tmp_path, small_checkpoint):
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt install espeak-ng); .ci/run installs it")
+        pytest.skip(reason="espeak-ng is not installed (apt install espeak-ng); .ci/run installs it")
     out = tmp_path / "text.mp4"
     realtime("run", "--video", data_file("images/skimage_astronaut.png"), "--text", "Hello, this is dubcam.",
              "--out", out, "--checkpoint", small_checkpoint, "-q")

@@ -99,7 +99,7 @@ def test_cli_passes_int8_to_the_backend(tmp_path, small_checkpoint, capsys):
 
 def test_export_trt_without_tensorrt_writes_onnx_and_fails_clearly(tmp_path, small_checkpoint, capsys):
     if unavailable_reason() is None:
-        pytest.skip("TensorRT and a GPU are here: export_trt.py builds instead (see the gpu tests)")
+        pytest.skip(reason="TensorRT and a GPU are here: export_trt.py builds instead (see the gpu tests)")
     out = tmp_path / "build"
     rc = export_trt.main(["--checkpoint", str(small_checkpoint), "--out", str(out), "--fp16", "-q"])
     err = capsys.readouterr().err.strip().splitlines()

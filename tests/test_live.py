@@ -133,7 +133,7 @@ def test_audio_sources_from_the_command_line(tmp_path):
     try:
         text = open_audio_source("text:Hello there", clock)
     except AudioError as e:
-        pytest.skip(f"espeak-ng: {e}")
+        pytest.skip(reason=f"espeak-ng: {e}")
     pieces = list(zip(range(3), text))
     assert len(pieces) == 3 and pieces[0][1][0].dtype == np.float32
     text.close()

@@ -46,9 +46,9 @@ def mouth_region(frame: np.ndarray, margin: int = 8) -> tuple[slice, slice]:
 
 def test_chromium_receives_lip_synced_video(tmp_path, small_checkpoint):
     if shutil.which("chromium") is None:
-        pytest.skip("chromium is not installed (apt install chromium); .ci/run installs it")
+        pytest.skip(reason="chromium is not installed (apt install chromium); .ci/run installs it")
     if not _namespaces_work():
-        pytest.skip("cannot make a network namespace here (unshare -n needs root or user namespaces)")
+        pytest.skip(reason="cannot make a network namespace here (unshare -n needs root or user namespaces)")
     from PIL import Image
 
     clip = data_file("video/grid_bbaf2n.mpg")
