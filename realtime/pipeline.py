@@ -286,12 +286,11 @@ class Pipeline:
     def _emit(self, f: _Frame, image: np.ndarray | None, compute_s: float) -> None:
         wait = max(0.0, self._clock - f.t)
         generated = image is not None
-        self._out.append(OutputFrame(image if generated else f.image, f.t, wait + compute_s, wait, generated,
-                                     f.reason))
-        latency = wait + compute_s
+        out = OutputFrame(image if generated else f.image, f.t, wait + compute_s, wait, generated, f.reason)
+        self._out.append(out)
         st = self.stats
         st.frames_out += 1
-        st.latencies.append(latency)
+        st.latencies.append(out.latency_s)
         if generated:
             st.generated += 1
         else:
