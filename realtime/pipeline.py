@@ -11,14 +11,15 @@ gives back composited frames, in order, as soon as they can be made:
   runs once all its windows are ready, or earlier, shorter, when the oldest
   frame has waited ``max_chunk_wait_s`` or the stream ends;
 * the backend generates the k faces at once; the compositor pastes them
-  back with a feathered lower-face mask.
+  back with a feathered mask over lips and jaw, built from the frame's own
+  landmarks (``engine.compose.landmark_mask``).
 
 Frames without a face pass through unchanged; the generated region fades
-out over ``fade_frames`` when the face is lost (at its last box) and fades
-in when it returns. When audio is missing for more than
-``max_audio_wait_s`` past what a frame needs, the frame runs with silence
-(the mouth closes) rather than holding video back. Every such event is
-counted in :class:`PipelineStats`.
+out over ``fade_frames`` when the face is lost (at its last box, with the
+mask of its last landmarks) and fades in when it returns. When audio is
+missing for more than ``max_audio_wait_s`` past what a frame needs, the
+frame runs with silence (the mouth closes) rather than holding video back.
+Every such event is counted in :class:`PipelineStats`.
 
 The pipeline holds no thread and reads no clock except to *measure* its own
 compute time, so tests drive it frame by frame and get the same result
@@ -116,6 +117,7 @@ class _Frame:
     image: np.ndarray
     t: float
     box: Box | None = None
+    landmarks: np.ndarray | None = None  # [478, 2] frame px of the face pasted at ``box``
     crop: np.ndarray | None = None
     alpha: float = 0.0
     mel_start: int = 0
@@ -150,6 +152,7 @@ class Pipeline:
         self._video_done = False
         self._alpha = 0.0
         self._last_box: Box | None = None
+        self._last_landmarks: np.ndarray | None = None
         self._missed = 0
         self._identity: np.ndarray | None = None
         self._identity_t = float("-inf")
@@ -167,7 +170,7 @@ class Pipeline:
         f = _Frame(frame, t)
         S, fade = self.info.size, 1.0 / max(1, self.config.fade_frames)
         if face is not None:
-            self._last_box, self._missed = face.box, 0
+            self._last_box, self._last_landmarks, self._missed = face.box, face.landmarks, 0
             self._alpha = min(1.0, self._alpha + fade)
         else:
             self._missed += 1
@@ -176,7 +179,9 @@ class Pipeline:
                 self.stats.count("face_lost")
         box = face.box if face is not None else (self._last_box if self._alpha > 0 else None)
         if box is not None:
-            f.box, f.alpha, f.crop = box, self._alpha, crop(frame, box, S)
+            # fading out after a loss: the last face's box and, with it, its landmarks' mask
+            landmarks = face.landmarks if face is not None else self._last_landmarks
+            f.box, f.landmarks, f.alpha, f.crop = box, landmarks, self._alpha, crop(frame, box, S)
             if face is not None and (self._identity is None or t - self._identity_t >= self.config.identity_refresh_s):
                 self._identity, self._identity_t = f.crop, t
             f.mel_start = window_start(t - (self._audio_origin or 0.0), self.info.mel_offset_s)
@@ -273,7 +278,8 @@ class Pipeline:
         self.stats.chunks += 1
         results = {}
         for c, g in zip(chunk, generated):
-            results[id(c)] = self.compositor.paste(c.image, c.box, g.transpose(1, 2, 0), c.alpha, c.crop)
+            results[id(c)] = self.compositor.paste(c.image, c.box, g.transpose(1, 2, 0), c.alpha, c.crop,
+                                                   landmarks=c.landmarks)
         t2 = time.perf_counter()
         self.stats.stage_s["compositing"] += t2 - t1
         for f in frames:

@@ -271,6 +271,16 @@ def lip_expert_checkpoint(tmp_path_factory) -> Path:
     return lip_expert_file(randomize(SyncNetColor(), seed=3), tmp_path_factory.mktemp("expert") / "lipsync_expert.pth")
 
 
+@pytest.fixture(scope="session")
+def small_expert_checkpoint(tmp_path_factory) -> Path:
+    """A random lip expert of width 1/8, as ``python -m train.syncnet --width 0.125`` writes it: its audio
+    encoder fits a generator of width 1/8 with ``model.audio=expert``."""
+    from engine.models.syncnet import SyncNetColor
+
+    return lip_expert_file(randomize(SyncNetColor(bgr=True, width=0.125), seed=4),
+                           tmp_path_factory.mktemp("small_expert") / "lipsync_expert.pth", prefix="")
+
+
 GRID_TRAIN_CLIPS = {"s1": ("bbas1s.mpg", "bbbf6n.mpg"), "s1val": ("bbbs4n.mpg",)}
 """Real GRID clips of ../shared/data/train/grid/s1 for the training tests, by the speaker folder they get
 (``s1val`` is held out as the validation split)."""

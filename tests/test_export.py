@@ -17,10 +17,10 @@ from engine.models.generator import Generator, GeneratorConfig
 from tools import export_trt
 
 
-def _small(size: int) -> Generator:
+def _small(size: int, decoder: str = "plain") -> Generator:
     """A random width-1/8 generator with non-trivial BatchNorm statistics."""
     torch.manual_seed(size)
-    g = Generator(GeneratorConfig(size=size, width=0.125)).train()
+    g = Generator(GeneratorConfig(size=size, width=0.125, decoder=decoder)).train()
     with torch.no_grad():
         g(torch.rand(4, 6, size, size), torch.rand(4, 1, 80, 16) * 8 - 4)
     return g.eval()
@@ -43,11 +43,14 @@ def _onnx_vs_torch(model, path) -> float:
     return worst
 
 
-@pytest.mark.parametrize("size", [96, 128])
-def test_onnx_export_of_our_generator_matches_pytorch(tmp_path, size):
+@pytest.mark.parametrize("size,decoder", [(96, "plain"), (128, "plain"), (96, "warp")])
+def test_onnx_export_of_our_generator_matches_pytorch(tmp_path, size, decoder):
     import onnx
 
-    g = _small(size)
+    g = _small(size, decoder)
+    if decoder == "warp":  # a flow that moves pixels, so that the exported grid_sample is exercised
+        torch.nn.init.normal_(g.flow_head.weight, std=0.05)
+        torch.nn.init.normal_(g.blend_head.weight, std=0.05)
     path = export_onnx(g, tmp_path / "g.onnx")
     assert onnx.load(str(path)).opset_import[0].version >= 17
     assert _onnx_vs_torch(g, path) < 1e-4

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import data_file
-from engine.face import Box, FaceTracker, OneEuroFilter, crop, crop_box
+from engine.face import SQUARE_CROP_DROP, SQUARE_CROP_SIDE, Box, FaceTracker, OneEuroFilter, crop, crop_box
 
 
 def test_tracks_every_frame_of_a_real_clip_without_jitter(grid_frames):
@@ -77,9 +77,17 @@ def test_one_euro_smooths_jitter_and_follows_moves():
 
 
 def test_crop_box_styles_and_out_of_frame_crop():
-    pts = np.array([[100, 100], [200, 100], [150, 220]], np.float32)
+    pts = np.zeros((478, 2), np.float32)
+    pts[:, 0], pts[:, 1] = np.linspace(100, 200, 478), np.linspace(100, 220, 478)
+    pts[33], pts[263] = (120, 140), (180, 140)  # outer eye corners, level, 60 px apart
     sq = crop_box(pts, "square")
-    assert abs(sq.width - sq.height) < 1e-6 and sq.width == pytest.approx(1.1 * 120)
+    assert abs(sq.width - sq.height) < 1e-6 and sq.width == pytest.approx(SQUARE_CROP_SIDE * 60)
+    assert sq.center == pytest.approx((150, 140 + SQUARE_CROP_DROP * 60))
+    pts[:, 1] += 10 * (pts[:, 1] > 150)  # the jaw opens: only points below the eyes move
+    assert crop_box(pts, "square") == sq
+    pts[[33, 263]] = (130, 130), (170, 170)  # a rolled head: the centre moves along the perpendicular
+    rolled = crop_box(pts, "square")
+    assert rolled.center == pytest.approx((150 - SQUARE_CROP_DROP * 40, 150 + SQUARE_CROP_DROP * 40))
     w2l = crop_box(pts, "wav2lip")
     assert w2l.y1 > 220
     frame = np.zeros((100, 100, 3), np.uint8)
@@ -88,3 +96,22 @@ def test_crop_box_styles_and_out_of_frame_crop():
     assert out.shape == (20, 20, 3) and out[0, 0, 0] == 255
     with pytest.raises(ValueError):
         crop_box(pts, "round")
+
+
+def test_square_crop_does_not_follow_the_jaw():
+    """The crop side must not tell the generator how open the original mouth is (issue 9 item 3):
+    on a real GRID clip the whole-landmark box grows with the inner-lip gap, ours does not."""
+    from engine.media import read_frames_at
+
+    sides, whole, gaps = [], [], []
+    with FaceTracker(hold=0) as tracker:
+        for frame, t in read_frames_at(data_file("video/grid_lbax4n.mpg"), 25.0):
+            face = tracker.track(frame, t)
+            if face is None:
+                continue
+            sides.append(face.box.width)
+            whole.append(1.1 * np.ptp(face.landmarks[:, 1]))
+            gaps.append(np.linalg.norm(face.landmarks[13] - face.landmarks[14]))
+    assert len(gaps) > 60 and np.std(gaps) > 1.0
+    assert np.corrcoef(whole, gaps)[0, 1] > 0.5  # the old crop leaked
+    assert abs(np.corrcoef(sides, gaps)[0, 1]) < 0.3

@@ -96,3 +96,49 @@ def test_wrong_kinds_are_refused_with_a_clear_message(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_generator(tmp_path / "nope.pt")
     assert ConvBlock(4, 4, 3, 1, 1, residual=True)(torch.rand(1, 4, 8, 8)).shape == (1, 4, 8, 8)
+
+
+@pytest.mark.parametrize("size", [96, 128])
+def test_warp_decoder_starts_as_the_identity_warp(size):
+    """The warp decoder's flow and blend heads start at zero: the warp is the identity map (the output is
+    half the identity reference, half the RGB branch), and the whole model stays differentiable in both."""
+    g = Generator(GeneratorConfig(size=size, width=0.125, audio="expert", decoder="warp")).eval()
+    faces = torch.rand(2, 6, size, size)
+    mels = torch.rand(2, 1, 80, 16) * 8 - 4
+    out = g(faces, mels)
+    plain = Generator(GeneratorConfig(size=size, width=0.125, audio="expert"))
+    plain.load_state_dict({k: v for k, v in g.state_dict().items() if not k.startswith(("flow_head", "blend_head"))})
+    rgb = plain.eval()(faces, mels)
+    torch.testing.assert_close(out, 0.5 * faces[:, 3:] + 0.5 * rgb, atol=1e-5, rtol=0)
+    g.train()
+    torch.nn.init.normal_(g.flow_head.weight, std=0.01)
+    g(faces, mels).sum().backward()
+    assert g.flow_head.weight.grad.abs().sum() > 0 and g.blend_head.weight.grad.abs().sum() > 0
+
+
+def test_warp_moves_the_identity_reference():
+    """A uniform flow of +1/8 of the face side shifts the warped identity 12 px left at 96 px
+    (the output samples the identity to the right), borders repeated."""
+    g = Generator(GeneratorConfig(size=96, width=0.125, decoder="warp")).eval()
+    identity = torch.rand(1, 3, 96, 96)
+    flow = torch.full((1, 2, 24, 24), 0.0)
+    flow[:, 0] = 1 / 8
+    out = g._blend(identity, flow, torch.zeros(1, g.blend_head.in_channels, 96, 96), torch.zeros(1, 3, 96, 96))
+    torch.testing.assert_close(out[..., :84], 0.5 * identity[..., 12:], atol=1e-5, rtol=0)
+
+
+def test_expert_audio_encoder_loads_frozen_and_refuses_another_layout():
+    from engine.models.syncnet import SyncNetColor
+
+    expert = SyncNetColor(width=0.125)
+    g = Generator(GeneratorConfig(size=96, width=0.125, audio="expert"))
+    g.load_audio_encoder(expert)
+    g.train()
+    assert not g.audio_encoder.training and g.identity_encoder.training
+    assert not any(p.requires_grad for p in g.audio_encoder.parameters())
+    mels = torch.rand(3, 1, 80, 16)
+    torch.testing.assert_close(g.audio_encoder(mels), expert.eval().audio_encoder(mels))
+    with pytest.raises(ValueError, match="model.audio='expert'"):
+        Generator(GeneratorConfig(size=96, width=0.125)).load_audio_encoder(expert)  # the Wav2Lip layout
+    with pytest.raises(ValueError, match="model.decoder"):
+        GeneratorConfig(decoder="flow")

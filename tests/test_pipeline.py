@@ -15,6 +15,15 @@ def pipeline(small_generator):
     p.close()
 
 
+def nose_tip_y(frames, fps=25.0):
+    """The y (frame pixels) of the nose tip (point 1) in the last of ``frames``, tracked as the pipeline does."""
+    from engine.face import FaceTracker
+
+    with FaceTracker() as tracker:
+        faces = [tracker.track(f, i / fps) for i, f in enumerate(frames)]
+    return float(faces[-1].landmarks[1, 1])
+
+
 def feed(p, frames, audio, fps=25.0, audio_piece=320):
     """Push frames and 20 ms audio pieces in timestamp order; return what was pulled, with the audio time at pull."""
     out, a = [], 0
@@ -46,10 +55,10 @@ def test_every_frame_comes_out_in_order_once_its_audio_has_arrived(pipeline, gri
     waits = [f.wait_s for f, _ in out[:-5]]  # the last chunk leaves at the end of the stream
     assert min(waits) >= lookahead - 1 / 25 and max(waits) <= lookahead + 4 / 25 + 1 / 25
     assert all(f.latency_s >= f.wait_s for f, _ in out)
-    # only the mouth region changed
+    # only the mouth region changed: nothing above the nose tip (the frame's own landmark mask)
     diff = np.abs(out[30][0].image.astype(int) - frames[30]).sum(axis=2) > 0
     ys, xs = np.nonzero(diff)
-    assert diff.any() and ys.min() > 110 and ys.max() < 270
+    assert diff.any() and ys.min() > nose_tip_y(frames[:31]) - 1 and ys.max() < 270
 
 
 def test_frames_without_face_pass_through_with_a_fade(pipeline, grid_frames):
@@ -64,6 +73,9 @@ def test_frames_without_face_pass_through_with_a_fade(pipeline, grid_frames):
     for f, _ in out[18:25]:
         assert f.reason == "no_face"
     assert np.array_equal(out[20][0].image, frames[20])
+    # a fading frame is pasted at the last face's box with the last face's landmark mask
+    faded = np.nonzero(np.abs(out[16][0].image.astype(int) - frames[16]).sum(axis=2))[0]
+    assert faded.size and faded.min() > nose_tip_y(frames[:15]) - 1
     assert pipeline.stats.events["face_lost"] == 1 and pipeline.stats.passthrough == 7
     # fading in: the first frame back changes less than a later one
     d_back = np.abs(out[25][0].image.astype(int) - frames[25]).sum()

@@ -145,3 +145,44 @@ def test_lip_expert_loads_wav2lip_checkpoint_and_flips_to_bgr(tmp_path):
     with torch.no_grad():
         for ours, theirs in zip(expert(mels, faces_rgb), source(mels, faces_bgr)):
             assert torch.equal(ours, theirs)
+
+
+def test_a_narrow_expert_loads_at_its_width(tmp_path):
+    """train.syncnet --width 0.5 writes the published layout with fewer channels; from_checkpoint reads the
+    width from the first convolution, and an unrelated state dict is refused with a message."""
+    source = randomize(SyncNetColor(bgr=True, width=0.5), seed=5)
+    expert = SyncNetColor.from_checkpoint(lip_expert_file(source, tmp_path / "narrow.pth", prefix=""))
+    assert expert.width == 0.5
+    mels, faces = torch.randn(2, 1, 80, 16), torch.rand(2, 15, 48, 96)
+    with torch.no_grad():
+        audio, face = expert(mels, faces)
+        assert audio.shape == face.shape == (2, 256)
+        for ours, theirs in zip((audio, face), source.eval()(mels, faces)):
+            assert torch.equal(ours, theirs)
+    torch.save({"state_dict": {"conv.weight": torch.zeros(3, 3)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a lip-sync expert"):
+        SyncNetColor.from_checkpoint(tmp_path / "other.pth")
+
+
+def test_train_expert_on_real_clips_reports_held_out_accuracy(grid_train_data, tmp_path):
+    """python -m train.syncnet: a few steps on real GRID clips (augmented), validation on the held-out
+    speaker with the pair accuracy and the offset search, TensorBoard curves, a loadable expert, and
+    --resume continuing at the saved step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train.syncnet import main
+
+    args = ["--data", str(grid_train_data), "--out", str(tmp_path), "--width", "0.125", "--batch-size", "4",
+            "--steps", "3", "--eval-every", "3", "--eval-batches", "2", "--threads", "1"]
+    assert main(args) == 0
+    best = torch.load(tmp_path / "lipsync_expert.pth", weights_only=True)
+    assert best["global_step"] == 3 and 0 <= best["val"]["accuracy"] <= 1
+    assert 0 <= best["val"]["offset_accuracy"] <= 1 and best["val"]["windows"] > 0
+    assert SyncNetColor.from_checkpoint(tmp_path / "lipsync_expert.pth").width == 0.125
+    again = ["--data", str(grid_train_data), "--out", str(tmp_path), "--width", "0.125", "--batch-size", "4",
+             "--steps", "4", "--eval-every", "4", "--eval-batches", "1", "--threads", "1", "--resume"]
+    assert main(again) == 0
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["global_step"] == 4
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert {"train/loss", "val/loss", "val/accuracy", "val/offset_accuracy"} <= set(acc.Tags()["scalars"])

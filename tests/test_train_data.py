@@ -119,3 +119,31 @@ def test_clip_files_read_on_demand_give_the_same_samples(grid_train_data):
     for i in (0, 7):
         a, b = eager[i], lazy[i]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_augmentation_keeps_audio_and_video_consistent(grid_train_data):
+    """One draw per sample: a flip mirrors target, pose and identity alike, colour jitter changes all three
+    the same way, the gain shifts every mel window (0.08 per dB, clipped, floor kept); nothing moves in time,
+    and a (seed, index) pair still gives one sample."""
+    from train.augment import MEL_PER_DB, Augment
+
+    clips = load_clips(grid_train_data, "train")
+    plain = WindowDataset(clips, k=5, seed=4, sync_mel=True)
+    flip_only = WindowDataset(clips, k=5, seed=4, sync_mel=True, augment=Augment(1.0, 0, 0, 0, 0))
+    a, b = plain[7], flip_only[7]
+    torch.testing.assert_close(b["target"], a["target"].flip(-1))
+    torch.testing.assert_close(b["faces"], a["faces"].flip(-1))
+    torch.testing.assert_close(b["mels"], a["mels"])
+    gain = WindowDataset(clips, k=5, seed=4, sync_mel=True, augment=Augment(0, 0, 0, 0, 6.0))
+    c = gain[7]
+    unclipped = (a["mels"] > -4) & (a["mels"] < 4 - 6 * MEL_PER_DB) & (c["mels"] > -4)
+    shift = (c["mels"] - a["mels"])[unclipped]
+    assert shift.abs().max() <= 6 * MEL_PER_DB + 1e-6 and shift.std() < 1e-5  # one gain for every bin
+    assert torch.equal(c["mels"][a["mels"] <= -4], a["mels"][a["mels"] <= -4])
+    torch.testing.assert_close(c["target"], a["target"])
+    full = WindowDataset(clips, k=5, seed=4, augment=Augment())
+    torch.testing.assert_close(full[3]["faces"], full[3]["faces"])
+    d = full[3]
+    assert d["faces"].min() >= 0 and d["faces"].max() <= 1
+    with pytest.raises(ValueError, match="sync context"):
+        WindowDataset(clips, k=5, context=10, augment=Augment())

@@ -4,6 +4,8 @@ metrics' own (non-differentiable) path."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from engine.media import read_frames_at
 from engine.models.generator import Generator, GeneratorConfig
 from engine.models.syncnet import SyncNetColor
 from train.data import WindowDataset, collate, context_arrays, load_clip, load_clips
-from train.losses import (PERCEPTUAL_LAYERS, SYNC_KINDS, VGG19, AVHubertSyncLoss, build_perceptual_loss,
+from train.losses import (PERCEPTUAL_LAYERS, SYNC_KINDS, SYNC_LOG_FLOOR, VGG19, AVHubertSyncLoss, build_perceptual_loss, log_cosine_loss,
                           build_sync_loss, l1_loss)
 from train.preprocess import cut_region
 from train.roi import avhubert_video, context_rois
@@ -148,8 +150,21 @@ def test_avhubert_sync_loss_is_eq1_at_the_generated_steps(grid_train_data, avhub
         v = sync.avhubert.extract_features(video=avhubert_video(pasted))
     cos = torch.stack([torch.nn.functional.cosine_similarity(a[b, s: s + 5], v[b, s: s + 5], dim=-1)
                        for b, s in enumerate(batch["ctx_start"].tolist())])
-    torch.testing.assert_close(loss, -torch.log(cos.clamp_min(1e-4)).mean())
+    floor = SYNC_LOG_FLOOR  # −log cos above it, its tangent below it
+    expected = torch.where(cos >= floor, -torch.log(cos.clamp_min(floor)), -math.log(floor) + (floor - cos) / floor)
+    torch.testing.assert_close(loss, expected.mean())
     assert stats["rois"].shape == (2, 12, 96, 96)
+
+
+def test_sync_loss_keeps_a_gradient_below_the_floor():
+    """A clamped −log max(cos, ε) has no gradient on negative cosines (issue 13); ours does, and it is
+    −log cos where the cosine is positive enough."""
+    cos = torch.tensor([-0.5, 0.0, 0.05, 0.5, 0.9], requires_grad=True)
+    loss = log_cosine_loss(cos)
+    (grad,) = torch.autograd.grad(loss.sum(), cos)
+    assert (grad < 0).all()
+    torch.testing.assert_close(loss[3:], -torch.log(cos[3:]))
+    torch.testing.assert_close(loss[2], torch.tensor(-math.log(0.1) + 0.5))
 
 
 def test_lip_expert_loss_is_wav2lip_bce(grid_train_data, lip_expert_checkpoint):

@@ -28,8 +28,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(data: Path, out: Path, **overrides) -> dict:
-    """A config of the tiny recipe: 96 px generator of width 1/8, batch 1, one thread."""
+    """A config of the tiny recipe: 96 px generator of width 1/8, batch 1, one thread, its audio encoder
+    trained (``audio_encoder=train``: no expert needed) unless overridden."""
     items = [f"data={data}", f"out={out}", "model.width=0.125", "disc_width=0.125", "batch_size=1", "steps=2",
+             "audio_encoder=train",
              "log_every=1", "ckpt_every=2", "threads=1", "sync.context=10", "monitor.max_frames=10",
              "monitor.every=0", "loss.perceptual=0"]
     return load_config(None, items + [f"{k}={v}" for k, v in overrides.items()])
@@ -137,17 +139,25 @@ def test_killed_run_resumes_to_the_same_weights(grid_train_data, tmp_path):
             torch.testing.assert_close(resumed[group]["state"][i]["exp_avg"], s["exp_avg"], rtol=0, atol=1e-6)
 
 
-def test_default_cpu_config_keeps_its_recipe_and_resumes_old_checkpoints(grid_train_data, tmp_path):
-    """configs/default_cpu.yaml (the bundled model) is still L1 (lower half x3) + a light GAN, and
-    --resume reads a last.pt written before scaler/RNG/monitor keys existed."""
+def test_default_cpu_config_is_the_bundled_recipe_and_resumes_old_checkpoints(grid_train_data, tmp_path,
+                                                                            small_expert_checkpoint):
+    """configs/default_cpu.yaml (the bundled model): the expert's frozen audio encoder and sync loss, the warp
+    decoder, lower-half GAN, gradient loss, augmentation; --resume reads a last.pt written before the
+    scaler/RNG/monitor keys existed."""
     cfg = load_config(str(ROOT / "configs" / "default_cpu.yaml"),
                       [f"data={grid_train_data}", f"out={tmp_path}", "model.width=0.125", "disc_width=0.125",
-                       "batch_size=1", "threads=1", "monitor.max_frames=10"])
-    assert cfg["loss"] == {"l1": 10.0, "l1_lower_weight": 3.0, "gan": 0.05, "gan_start": 1500,
-                           "perceptual": 0.0, "sync": 0.0, "sync_start": 0}
-    assert (cfg["lr"], cfg["k"], cfg["model"]["size"]) == (3e-4, 5, 96)
-    gen, disc = Generator(GeneratorConfig(size=96, width=0.125)), Discriminator(0.125)
-    opt_g, opt_d = torch.optim.Adam(gen.parameters()), torch.optim.Adam(disc.parameters())
+                       "batch_size=1", "threads=1", "monitor.max_frames=10",
+                       f"weights.syncnet={small_expert_checkpoint}"])
+    assert cfg["loss"] == {"l1": 10.0, "l1_lower_weight": 3.0, "grad": 5.0, "gan": 0.1, "gan_start": 600,
+                           "perceptual": 0.0, "sync": 0.3, "sync_start": 300}
+    assert (cfg["lr"], cfg["k"], cfg["model"]["size"], cfg["model"]["decoder"]) == (3e-4, 5, 96, "warp")
+    assert (cfg["audio_encoder"], cfg["sync"]["kind"], cfg["disc_region"], cfg["augment"]) == \
+           ("expert", "syncnet", "lower", True)
+    gen = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", decoder="warp"))
+    disc = Discriminator(0.125)
+    gen.audio_encoder.requires_grad_(False)  # frozen: not in the optimizer
+    opt_g = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad])
+    opt_d = torch.optim.Adam(disc.parameters())
     torch.save({"format": "dubcam-train", "step": 250, "seconds": 12.0, "config": cfg,
                 "generator": gen.state_dict(), "discriminator": disc.state_dict(), "opt_g": opt_g.state_dict(),
                 "opt_d": opt_d.state_dict(), "torch_rng": torch.get_rng_state()}, tmp_path / "last.pt")
@@ -156,10 +166,44 @@ def test_default_cpu_config_keeps_its_recipe_and_resumes_old_checkpoints(grid_tr
     assert safe_load(tmp_path / "last.pt")["step"] == 251
 
 
+def test_generator_takes_the_experts_audio_encoder_frozen(grid_train_data, tmp_path, small_expert_checkpoint):
+    """Paper 3.2: the generator's audio encoder is the lip expert's, copied and frozen (weights and
+    BatchNorm statistics unchanged by training), and the expert is the sync loss; the monitor reports the
+    weights-free mouth metrics and the expert's confidence, and keeps best.pt by their quality score."""
+    from engine.models.syncnet import SyncNetColor
+
+    cfg = tiny(grid_train_data, tmp_path, **{
+        "audio_encoder": "expert", "model.audio": "expert", "model.decoder": "warp", "sync.kind": "syncnet",
+        "weights.syncnet": small_expert_checkpoint, "loss.grad": 1.0, "disc_region": "lower", "augment": "true",
+        "steps": 3, "monitor.every": 3, "monitor.max_frames": 20, "loss.gan": 1.0})
+    gen = train(cfg)
+    expert = SyncNetColor.from_checkpoint(small_expert_checkpoint)
+    for key, value in expert.audio_encoder.state_dict().items():
+        assert torch.equal(gen.audio_encoder.state_dict()[key], value), key
+    assert not any(p.requires_grad for p in gen.audio_encoder.parameters())
+    changed = [k for k, v in gen.state_dict().items() if k.startswith("flow_head") or k.startswith("blend_head")]
+    assert changed  # the warp decoder's heads exist and were trained along
+    tags = _scalars(tmp_path)
+    assert {"loss/grad", "loss/sync", "val/sharpness", "val/opening", "val/coupling", "val/lip_error",
+            "val/expert_conf", "val/expert_conf_real", "val/quality"} <= tags
+    best = safe_load(tmp_path / "best.pt")
+    assert best["meta"]["val"]["quality"] == safe_load(tmp_path / "last.pt")["monitor_best"]
+    assert best["config"]["decoder"] == "warp" and best["config"]["audio"] == "expert"
+
+
+def test_an_expert_of_the_wrong_width_is_a_clear_error(grid_train_data, tmp_path, lip_expert_checkpoint):
+    cfg = tiny(grid_train_data, tmp_path, **{"audio_encoder": "expert", "model.audio": "expert",
+                                             "weights.syncnet": lip_expert_checkpoint, "sync.kind": "none"})
+    with pytest.raises(ValueError, match="expert of width 0.125"):
+        train(cfg)
+
+
 def test_configs_are_the_paper_recipe_and_its_ablation():
     paper = load_config(str(ROOT / "configs" / "paper_lrs2.yaml"), [])
     assert paper["loss"]["l1"] == 10.0 and paper["loss"]["perceptual"] == 1.0 and paper["loss"]["sync"] == 0.5
-    assert paper["lr"] == 1e-4 and paper["sync"]["kind"] == "avhubert" and paper["model"] == {"size": 96, "width": 1.0}
+    assert paper["lr"] == 1e-4 and paper["sync"]["kind"] == "avhubert"
+    assert paper["model"] == {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain"}
+    assert paper["audio_encoder"] == "expert"  # §3.2: SyncNet's audio encoder, frozen
     kinds = {}
     for path in sorted((ROOT / "configs").glob("paper_lrs2_*.yaml")):
         cfg = load_config(str(path), [])

@@ -1,7 +1,8 @@
 """Score talking-face videos with the paper's metrics (Yaman et al. 2024, Tables 1, 2, 4; Fig. 5).
 
     python tools/evaluate.py --generated DIR [DIR ...] --reference DIR
-                             [--avhubert CKPT] [--syncnet CKPT] [--inception CKPT] [--out PREFIX]
+                             [--avhubert CKPT] [--syncnet CKPT] [--inception CKPT] [--expert CKPT]
+                             [--out PREFIX]
     python tools/evaluate.py --reference DIR --shift 2 4 8 --rotate 5 10 [--avhubert ...] [--syncnet ...]
 
 Generated videos are paired with the reference (ground-truth) videos by file
@@ -10,11 +11,14 @@ one row of the table. Videos are read at 25 fps, frames are paired from the
 start (the shorter video sets the length), and the speech is the generated
 file's own audio track (the reference's when it has none).
 
-Columns, and what each needs:
+Columns (one table, in this order), and what each needs:
 
 ==========  ====  ====================================================================
 SSIM, PSNR  ↑     the videos; on 96×96 crops of the reference's face box, averaged over
                   all frames of all videos (TalkLip's protocol, spec §5)
+SSIMlow     ↑     SSIM as the SSIM column (same crops, same settings) of the lower half
+                  of the crops only (rows 48:96 of the 96×96 crop: roughly nose to chin,
+                  the part the generator redraws); frame-level mean over all videos
 LMD         ↓     the videos; MediaPipe mouth landmarks (``engine.metrics.lmd``:
                   20 lip points, in % of the eye distance), mean over frames
 FID         ↓     ``--inception``: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``
@@ -26,6 +30,35 @@ LSE-C/LSE-D ↑/↓   ``--syncnet``: syncnet_python's ``syncnet_v2.model``
 AVSu/m/v    ↑     ``--avhubert``: a fairseq AV-HuBERT checkpoint, BASE or LARGE,
                   pretrained or fine-tuned (facebookresearch/av_hubert); mouth ROIs
                   (``engine.face``), mean over videos (the paper's eq. 4-6)
+Expert      ↑     ``--expert``, or the bundled ``engine/assets/lip_expert.pth`` when it
+                  exists: the sync confidence of OUR lip expert (``SyncNetColor`` trained
+                  by ``python -m train.syncnet`` on GRID and web clips, not Wav2Lip's
+                  published one): mean cosine of its audio and lip embeddings at offset 0
+                  over the 5-frame windows of the generated video (square crops of its
+                  own landmarks, windows with a frame without a face dropped) with the
+                  speech it is scored with (``engine.metrics.expert_sync``; per-video
+                  CSV: also the best offset, positive = audio late, and the offset
+                  confidence); mean over videos. A number of this project, not
+                  comparable with published LSE-C (``tools/sync_score.py`` explains)
+==========  ====  ====================================================================
+
+The weights-free mouth metrics (``engine.metrics.mouth_metrics``, the
+reference as the input, the generated video as the output; always computed;
+per video, then the mean over videos, PSNRup from the mean MSE) follow in the
+same table:
+
+==========  ====  ====================================================================
+Sharp       ↑     mouth sharpness at the generator's scale (96 px face): variance of the
+                  Laplacian of the padded lip box, generated over reference (ratio of
+                  sums over frames; 1 = as sharp, < 1 blurrier)
+SharpFull   ↑     the same at full resolution
+Open        ~1    std over frames of the inner-lip gap / face height, generated over
+                  reference (1 = moves as much; near 0 a frozen mouth)
+Coupl       ↑     Pearson r of the generated gap with the log-RMS envelope of the speech
+                  (lag 0; the reference's own value is in the per-video CSV)
+PSNRup      ↑     PSNR of the face above the nose tip (inf: untouched, as a paste-back
+                  should leave it)
+LipErr%     ↓     mean distance of the 20 lip landmarks, in % of the face height
 ==========  ====  ====================================================================
 
 A column whose file is not given is printed as ``n/a`` with the reason below
@@ -63,21 +96,34 @@ from engine.audio import AudioError, avhubert_audio_features, load_audio
 from engine.checkpoints import CheckpointError
 from engine.face import mouth_roi_affines, mouth_rois, track_landmarks
 from engine.media import read_frames_at
-from engine.metrics import avs_video, face_crops, fid, inception_activations, lmd, lse_video, psnr, ssim
+from engine.metrics import (avs_video, expert_crops, expert_sync, face_crops, fid, inception_activations, lmd,
+                            lse_video, mouth_metrics, psnr, ssim)
 from engine.models.avhubert import AVHubert
 from engine.models.inception import FIDInceptionV3
 from engine.models.syncnet import SyncNet
+from tools import sync_score
 from train.preprocess import VIDEO_SUFFIXES
 
 FPS = 25.0
-COLUMNS = ["SSIM", "PSNR", "FID", "LMD", "LSE-C", "LSE-D", "AVSu", "AVSm", "AVSv"]
-HIGHER_IS_BETTER = {"SSIM": True, "PSNR": True, "FID": False, "LMD": False, "LSE-C": True, "LSE-D": False,
-                    "AVSu": True, "AVSm": True, "AVSv": True}
-DIGITS = {"SSIM": 4, "PSNR": 2, "FID": 2, "LMD": 3, "LSE-C": 3, "LSE-D": 3, "AVSu": 4, "AVSm": 4, "AVSv": 4}
+MOUTH_COLUMNS = {"Sharp": "sharpness_gen", "SharpFull": "sharpness_full", "Open": "opening_ratio",
+                 "Coupl": "coupling", "PSNRup": "psnr_upper", "LipErr%": "lip_error_pct"}
+"""The weights-free columns and their keys of ``engine.metrics.mouth_metrics``."""
+COLUMNS = ["SSIM", "SSIMlow", "PSNR", "FID", "LMD", "LSE-C", "LSE-D", "AVSu", "AVSm", "AVSv", "Expert",
+           *MOUTH_COLUMNS]
+"""Every column of the table, in its order (CSV and JSON too)."""
+HIGHER_IS_BETTER = {"SSIM": True, "SSIMlow": True, "PSNR": True, "FID": False, "LMD": False, "LSE-C": True,
+                    "LSE-D": False, "AVSu": True, "AVSm": True, "AVSv": True, "Expert": True}
+DIGITS = {"SSIM": 4, "SSIMlow": 4, "PSNR": 2, "FID": 2, "LMD": 3, "LSE-C": 3, "LSE-D": 3, "AVSu": 4, "AVSm": 4,
+          "AVSv": 4, "Expert": 4}
+HIGHER_IS_BETTER.update({"Sharp": True, "SharpFull": True, "Open": None, "Coupl": True, "PSNRup": True,
+                         "LipErr%": False})  # None: best at 1, no arrow
+DIGITS.update({"Sharp": 3, "SharpFull": 3, "Open": 3, "Coupl": 3, "PSNRup": 2, "LipErr%": 3})
 NEEDS = {
     "FID": "needs --inception (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)",
     "LSE-C": "needs --syncnet (syncnet_python's syncnet_v2.model)",
     "AVSu": "needs --avhubert (a fairseq AV-HuBERT checkpoint, e.g. base_vox_433h.pt)",
+    "Expert": "needs --expert (a lip expert written by python -m train.syncnet); none bundled at "
+              "engine/assets/lip_expert.pth yet",
 }
 NEEDS["LSE-D"] = NEEDS["LSE-C"]
 NEEDS["AVSm"] = NEEDS["AVSv"] = NEEDS["AVSu"]
@@ -101,6 +147,7 @@ class Models:
     avhubert: object = None
     syncnet: object = None
     inception: object = None
+    expert: object = None
 
 
 @dataclass
@@ -118,18 +165,38 @@ class VideoResult:
     frames: int
     audio_from: str
     ssim: np.ndarray
+    ssim_low: np.ndarray  # SSIM of the lower half of the crops
     psnr: np.ndarray
     lmd: np.ndarray
-    scores: dict = field(default_factory=dict)  # LSE-C, LSE-D, LSE offset, AVSu, AVSm, AVSv
+    scores: dict = field(default_factory=dict)  # LSE-C, LSE-D, LSE offset, AVSu, AVSm, AVSv, Expert, EXPERT_EXTRA
+    mouth: dict = field(default_factory=dict)  # engine.metrics.mouth_metrics (NaN: undefined)
     activations: tuple | None = None  # (generated, reference) pool3 activations for FID
 
     def row(self) -> dict:
         lmd_valid = self.lmd[~np.isnan(self.lmd)]
         return {"Method": self.method, "Video": self.video, "Frames": self.frames,
-                "SSIM": float(self.ssim.mean()), "PSNR": float(self.psnr.mean()),
+                "SSIM": float(self.ssim.mean()), "SSIMlow": float(self.ssim_low.mean()),
+                "PSNR": float(self.psnr.mean()),
                 "LMD": float(lmd_valid.mean()) if len(lmd_valid) else None,
-                **{k: self.scores.get(k) for k in ("LSE-C", "LSE-D", "LSE offset", "AVSu", "AVSm", "AVSv")},
+                **{k: self.scores.get(k) for k in ("LSE-C", "LSE-D", "LSE offset", "AVSu", "AVSm", "AVSv", "Expert",
+                                                   *EXPERT_EXTRA)},
+                **{c: _finite_or_none(self.mouth.get(k)) for c, k in MOUTH_COLUMNS.items()},
+                "Coupl source": _finite_or_none(self.mouth.get("coupling_source")),
                 "Audio": self.audio_from}
+
+
+EXPERT_EXTRA = ("Expert offset", "Expert offset conf")
+"""Per-video columns of the expert besides its confidence: the best offset (frames, positive = audio late)
+and the offset confidence (median − min of the cosine distance over the offsets), ``engine.metrics.expert_sync``."""
+VIDEO_COLUMNS = ["Method", "Video", "Frames", "SSIM", "SSIMlow", "PSNR", "LMD", "LSE-C", "LSE-D", "LSE offset", "AVSu",
+                 "AVSm", "AVSv", "Expert", *EXPERT_EXTRA, *MOUTH_COLUMNS, "Coupl source", "Audio"]
+"""The columns of ``PREFIX_videos.csv``."""
+
+
+def _finite_or_none(value):
+    """``value`` as a float, None for NaN or a missing value (infinities kept)."""
+    return None if value is None or math.isnan(value) else float(value)
+
 
 
 def find_videos(folder: Path) -> dict[str, Path]:
@@ -180,15 +247,25 @@ def evaluate_pair(method: str, generated: Clip, reference: Clip, models: Models,
     ref_landmarks = reference.landmarks[:n]
     ref_crops = face_crops(ref_frames, ref_landmarks)
     gen_crops = ref_crops if same else face_crops(gen_frames, ref_landmarks)
+    half = ref_crops.shape[1] // 2
     result = VideoResult(
         method, generated.path.stem, n, generated.audio_from,
         ssim=np.array([ssim(r, g) for r, g in zip(ref_crops, gen_crops)]),
+        ssim_low=np.array([ssim(r[half:], g[half:]) for r, g in zip(ref_crops, gen_crops)]),
         psnr=np.array([psnr(r, g, talklip_uint8=options.talklip_psnr) for r, g in zip(ref_crops, gen_crops)]),
         lmd=lmd(ref_landmarks, generated.landmarks[:n]),
     )
     if models.syncnet is not None:
         lse = lse_video(models.syncnet, generated.frames, generated.wav)
         result.scores.update({"LSE-C": lse.lse_c, "LSE-D": lse.lse_d, "LSE offset": lse.offset})
+    if models.expert is not None:
+        crops, valid = expert_crops(generated.frames, generated.landmarks)
+        try:
+            sync = expert_sync(models.expert, crops, generated.wav, FPS, valid=valid)
+            result.scores.update({"Expert": sync["confidence"], "Expert offset": sync["offset"],
+                                  "Expert offset conf": sync["offset_confidence"]})
+        except ValueError:  # no 5-frame window with a face in the generated video: undefined, not a failure
+            result.scores.update({"Expert": None, "Expert offset": None, "Expert offset conf": None})
     if models.avhubert is not None:
         audio = avhubert_audio_features(generated.wav, n)
         ref_rois = mouth_rois(ref_frames, mouth_roi_affines(ref_landmarks))
@@ -199,20 +276,36 @@ def evaluate_pair(method: str, generated: Clip, reference: Clip, models: Models,
         ref_activations = inception_activations(models.inception, ref_crops[::step])
         gen_activations = ref_activations if same else inception_activations(models.inception, gen_crops[::step])
         result.activations = (gen_activations, ref_activations)
+    result.mouth = mouth_metrics(ref_frames, gen_frames, generated.wav, input_landmarks=ref_landmarks,
+                                 output_landmarks=generated.landmarks[:n], fps=FPS)
     return result
 
 
 def summarise(results: list[VideoResult], models: Models) -> tuple[dict, dict]:
     """The table row of one method, and why columns are missing.
 
-    SSIM, PSNR and LMD are frame-level means over all videos; LSE and AVS
-    means over videos; FID over all frames of all videos.
+    SSIM, SSIMlow, PSNR and LMD are frame-level means over all videos; LSE,
+    AVS and Expert means over videos (Expert: those with a window of 5 frames
+    with a face); FID over all frames of all videos; the mouth metrics means
+    over the videos where they are defined, PSNRup the PSNR of the mean of
+    the videos' MSEs.
     """
     row: dict = {c: None for c in COLUMNS}
     missing = {}
     if not results:
         return row, {c: "no video could be evaluated" for c in COLUMNS}
+    for column, key in MOUTH_COLUMNS.items():
+        values = np.array([r.mouth.get(key, math.nan) for r in results], np.float64)
+        values = values[~np.isnan(values)]
+        if not len(values):
+            missing[column] = "undefined for every video (no face, too few frames, or no speech)"
+        elif column == "PSNRup":
+            mse = np.mean(255.0**2 / 10 ** (values / 10))
+            row[column] = math.inf if mse == 0 else float(10 * math.log10(255.0**2 / mse))
+        else:
+            row[column] = float(values.mean())
     row["SSIM"] = float(np.concatenate([r.ssim for r in results]).mean())
+    row["SSIMlow"] = float(np.concatenate([r.ssim_low for r in results]).mean())
     row["PSNR"] = float(np.concatenate([r.psnr for r in results]).mean())
     lmds = np.concatenate([r.lmd for r in results])
     lmds = lmds[~np.isnan(lmds)]
@@ -226,6 +319,14 @@ def summarise(results: list[VideoResult], models: Models) -> tuple[dict, dict]:
             missing[column] = NEEDS[column]
         else:
             row[column] = float(np.mean([r.scores[column] for r in results]))
+    if models.expert is None:
+        missing["Expert"] = NEEDS["Expert"]
+    else:
+        values = [r.scores["Expert"] for r in results if r.scores.get("Expert") is not None]
+        if values:
+            row["Expert"] = float(np.mean(values))
+        else:
+            missing["Expert"] = "no window of 5 consecutive frames with a face in any generated video"
     if models.inception is None:
         missing["FID"] = NEEDS["FID"]
     else:
@@ -246,13 +347,20 @@ def format_value(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def column_header(column: str) -> str:
+    """The column's name with ↑ (higher is better), ↓ (lower) or nothing (best at 1: Open)."""
+    better = HIGHER_IS_BETTER[column]
+    return column + ("" if better is None else "↑" if better else "↓")
+
+
 def format_table(rows: list[dict], first: str, first_header: str, notes: dict[str, str]) -> str:
-    """A plain-text table: one line per row, the paper's column names with ↑/↓, then the notes."""
-    headers = [first_header, "Videos"] + [c + ("↑" if HIGHER_IS_BETTER[c] else "↓") for c in COLUMNS]
-    body = [[str(r[first]), str(r["Videos"])] + [format_value(r[c], DIGITS[c]) for c in COLUMNS] for r in rows]
+    """One plain-text table: a header of the column names with ↑/↓ (:data:`COLUMNS`, the weights-free
+    mouth metrics last), one line per row; then, indented, why columns are n/a."""
+    headers = [first_header, "Videos"] + [column_header(c) for c in COLUMNS]
+    body = [[str(r[first]), str(r["Videos"])] + [format_value(r.get(c), DIGITS[c]) for c in COLUMNS] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in body)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in body]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in body]
     lines += [f"  {column}: n/a, {reason}" for column, reason in notes.items()]
     return "\n".join(lines)
 
@@ -277,7 +385,8 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def load_models(args) -> Models:
-    """Load the networks named on the command line (on ``args.device``)."""
+    """Load the networks named on the command line (on ``args.device``); the lip expert also when
+    it is bundled (``tools.sync_score.BUNDLED_EXPERT``) and not given."""
     models = Models()
     if args.avhubert:
         models.avhubert = AVHubert.from_checkpoint(args.avhubert).to(args.device)
@@ -285,6 +394,9 @@ def load_models(args) -> Models:
         models.syncnet = SyncNet.from_checkpoint(args.syncnet).to(args.device)
     if args.inception:
         models.inception = FIDInceptionV3.from_checkpoint(args.inception).to(args.device)
+    if args.expert or sync_score.BUNDLED_EXPERT.is_file():
+        args.expert = args.expert or sync_score.BUNDLED_EXPERT
+        models.expert = sync_score.load_expert(args.expert, args.device)
     return models
 
 
@@ -346,15 +458,14 @@ def run_table(args, models: Models, options: Options) -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     video_rows = [r.row() for name, _ in methods for r in results[name]]
     write_csv(prefix.with_name(prefix.name + ".csv"), rows, ["Method", "Videos", "Failed", *COLUMNS])
-    write_csv(prefix.with_name(prefix.name + "_videos.csv"), video_rows,
-              ["Method", "Video", "Frames", "SSIM", "PSNR", "LMD", "LSE-C", "LSE-D", "LSE offset", "AVSu", "AVSm",
-               "AVSv", "Audio"])
+    write_csv(prefix.with_name(prefix.name + "_videos.csv"), video_rows, VIDEO_COLUMNS)
     report = {"reference": str(args.reference), "methods": rows, "videos": video_rows, "failures": failures,
               "unmatched": unmatched, "missing": missing_by_method,
               "settings": {"talklip_psnr": options.talklip_psnr, "fid_step": options.fid_step,
                            "avhubert": str(args.avhubert) if args.avhubert else None,
                            "syncnet": str(args.syncnet) if args.syncnet else None,
-                           "inception": str(args.inception) if args.inception else None}}
+                           "inception": str(args.inception) if args.inception else None,
+                           "expert": str(args.expert) if args.expert else None}}
     prefix.with_name(prefix.name + ".json").write_text(json.dumps(json_safe(report), indent=2))
     print(f"wrote {prefix}.csv, {prefix}_videos.csv, {prefix}.json")
     return 0 if any(results.values()) else 1
@@ -422,7 +533,8 @@ def run_fig5(args, models: Models, options: Options) -> int:
         print(f"  failed: {f['video']} {f.get('transform', '')}: {f['error']}")
     prefix = args.out
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(prefix.with_name(prefix.name + "_fig5.csv"), rows, ["Transform", "Amount", "Unit", "Videos", *COLUMNS])
+    write_csv(prefix.with_name(prefix.name + "_fig5.csv"), rows,
+              ["Transform", "Amount", "Unit", "Videos", *COLUMNS])
     plot_fig5(rows, prefix.with_name(prefix.name + "_fig5.png"))
     print(f"wrote {prefix}_fig5.csv, {prefix}_fig5.png")
     return 0 if any(results.values()) else 1
@@ -445,7 +557,7 @@ def plot_fig5(rows: list[dict], path: Path) -> None:
             points = [(r["Amount"], r[metric]) for r in series if r[metric] is not None and math.isfinite(r[metric])]
             ax = axes[i][j]
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-            ax.set_title(metric + ("↑" if HIGHER_IS_BETTER[metric] else "↓"), fontsize=9)
+            ax.set_title(column_header(metric), fontsize=9)
             ax.set_xlabel("horizontal shift (px)" if kind == "shift" else "rotation (degrees)", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
@@ -464,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syncnet", type=Path, metavar="CKPT", help="syncnet_python's syncnet_v2.model: LSE-C/LSE-D")
     p.add_argument("--inception", type=Path, metavar="CKPT",
                    help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth: FID")
+    p.add_argument("--expert", type=Path, metavar="CKPT",
+                   help="our lip expert (python -m train.syncnet): Expert (default: the bundled "
+                        "engine/assets/lip_expert.pth when it exists)")
     p.add_argument("--out", type=Path, default=Path("evaluation"), metavar="PREFIX",
                    help="output prefix: PREFIX.csv, PREFIX_videos.csv, PREFIX.json (default: evaluation)")
     p.add_argument("--shift", type=float, nargs="+", metavar="PX",

@@ -38,6 +38,7 @@ import torch
 
 from engine.audio import avhubert_audio_features, melspectrogram, mel_window
 from engine.face import Box, box_pixels
+from train.augment import Augment
 
 ROI_KEYS = ("roi_affine", "roi_frames", "roi_origin", "frame_size")
 PER_FRAME_KEYS = ("faces", "mels", "target")
@@ -60,6 +61,7 @@ class Clip:
     audio: np.ndarray  # [n] float32 16 kHz
     fps: float
     roi: dict[str, np.ndarray] = field(default_factory=dict)
+    landmarks: np.ndarray | None = None  # [T, 478, 2] float16 source pixels (None in data without them)
 
     @cached_property
     def mel(self) -> np.ndarray:
@@ -87,7 +89,7 @@ def load_clip(path: str | Path, name: str | None = None) -> Clip:
     with np.load(path) as z:
         roi = {k: z[k] for k in ROI_KEYS if k in z}
         clip = Clip(name or path.stem, z["faces"], z["valid"], z["boxes"], z["audio"], float(z["fps"]),
-                    roi if len(roi) == len(ROI_KEYS) else {})
+                    roi if len(roi) == len(ROI_KEYS) else {}, z["landmarks"] if "landmarks" in z else None)
         for key in ("mel", "avhubert_audio"):
             if key in z:
                 clip.__dict__[key] = z[key]  # fills the cached_property
@@ -169,12 +171,17 @@ class WindowDataset(torch.utils.data.Dataset):
         context: C > 0 adds the sync-loss context (module doc); every clip
             must then carry mouth-ROI data.
         sync_mel: add the lip expert's mel window.
+        augment: :class:`train.augment.Augment`, one draw per sample for its
+            targets, identity reference and mel windows alike (the context
+            of the AV-HuBERT loss is not augmented: with ``context``, use
+            ``Augment.off()`` or only the gain).
 
     Raises ValueError: no usable clip, or context asked of clips without ROI data.
     """
 
     def __init__(self, clips: list[Clip] | list[ClipFile], k: int = 5, samples_per_epoch: int = 10_000, seed: int = 0,
-                 mel_offset_s: float = -0.1, context: int = 0, sync_mel: bool = False):
+                 mel_offset_s: float = -0.1, context: int = 0, sync_mel: bool = False,
+                 augment: Augment = Augment.off()):
         self.clips = [c for c in clips if c.n_frames >= 3 * k]
         if not self.clips:
             raise ValueError(f"no clip has the {3 * k} frames a window of k={k} needs")
@@ -186,7 +193,10 @@ class WindowDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{len(missing)} clips have no mouth-ROI data (e.g. {missing[0]}): "
                                  "re-run python -m train.preprocess to write it")
         self.k, self.n, self.seed, self.mel_offset_s = k, samples_per_epoch, seed, mel_offset_s
-        self.context, self.sync_mel = context, sync_mel
+        if context and (augment.flip or augment.brightness or augment.contrast or augment.saturation):
+            raise ValueError("the AV-HuBERT sync context is real video: flip and colour augmentation "
+                             "would not match it (use only gain_db, or no augmentation)")
+        self.context, self.sync_mel, self.augment = context, sync_mel, augment
 
     def __len__(self) -> int:
         return self.n
@@ -199,17 +209,18 @@ class WindowDataset(torch.utils.data.Dataset):
         clip = self.clips[int(rng.integers(len(self.clips)))]
         t = self._window(rng, clip)
         r = self._window(rng, clip, avoid=t)
-        target = clip.faces[t: t + self.k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        identity = clip.faces[r: r + self.k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        mels = np.stack([mel_window(clip.mel, (t + i) / clip.fps, self.mel_offset_s)
-                         for i in range(self.k)])[:, None]
+        aug = self.augment.draw(rng)
+        target = aug.faces(clip.faces[t: t + self.k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        identity = aug.faces(clip.faces[r: r + self.k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        mels = aug.mel(np.stack([mel_window(clip.mel, (t + i) / clip.fps, self.mel_offset_s)
+                                 for i in range(self.k)])[:, None])
         sample = {
             "faces": torch.from_numpy(np.concatenate([pose_reference(target), identity], axis=1)),
             "mels": torch.from_numpy(mels),
             "target": torch.from_numpy(target),
         }
         if self.sync_mel:
-            sample["sync_mel"] = torch.from_numpy(mel_window(clip.mel, t / clip.fps, 0.0)[None])
+            sample["sync_mel"] = torch.from_numpy(aug.mel(mel_window(clip.mel, t / clip.fps, 0.0))[None])
         if self.context:
             sample |= context_arrays(clip, t, self.context, self.k, rng)
         return sample

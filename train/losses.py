@@ -16,6 +16,7 @@ change them); gradients flow through them to the generator.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from engine.checkpoints import load_weights
 from engine.compose import lower_face_mask
 from engine.models.avhubert import AVHubert
-from engine.models.syncnet import SyncNetColor
+from engine.models.syncnet import SyncNetColor, lower_halves
 from train.roi import avhubert_video, context_rois
 
 SYNC_KINDS = ("avhubert", "avhubert-visual", "avhubert-multimodal", "syncnet", "none")
@@ -73,6 +74,20 @@ def l1_loss(fake: torch.Tensor, real: torch.Tensor, lower_weight: float = 1.0) -
     w = torch.ones_like(err[:1, :1, :, :1])
     w[..., half:, :] = lower_weight
     return (err * w).mean() / w.mean()
+
+
+def lower_half(faces: torch.Tensor) -> torch.Tensor:
+    """Rows S/2: of ``[N, C, S, S]`` faces: the part the generator draws (the pose reference masks it)."""
+    return faces[..., faces.shape[-2] // 2:, :]
+
+
+def gradient_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of the horizontal and vertical finite differences of ``[N, C, H, W]``
+    images (the image-gradient loss of e.g. Mathieu et al. 2016 with α = 1): it penalises edges
+    that are missing or blurred, which a plain L1 leaves soft."""
+    dx = (fake[..., :, 1:] - fake[..., :, :-1]) - (real[..., :, 1:] - real[..., :, :-1])
+    dy = (fake[..., 1:, :] - fake[..., :-1, :]) - (real[..., 1:, :] - real[..., :-1, :])
+    return 0.5 * (dx.abs().mean() + dy.abs().mean())
 
 
 def gan_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
@@ -176,15 +191,28 @@ class PerceptualLoss(FrozenLossNet):
 # Sync losses
 
 
-def neg_log_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
-    """``−log cos(a, b)`` per row of ``[..., D]`` features, averaged (paper eq. 1), and the mean cosine.
+SYNC_LOG_FLOOR = 0.1
+"""Below this cosine the sync loss continues ``−log cos`` along its tangent (:func:`log_cosine_loss`)."""
 
-    The paper's equation needs a positive cosine; it is clamped at ``eps``
-    before the log, so a cosine ≤ eps gives ``−log eps`` and no gradient
-    (the logged ``sync_cos`` shows whether that happens).
+
+def log_cosine_loss(cos: torch.Tensor, floor: float = SYNC_LOG_FLOOR) -> torch.Tensor:
+    """``−log cos`` (paper eq. 1) for ``cos ≥ floor``; below, its tangent at ``floor``:
+    ``−log floor + (floor − cos) / floor``, so value and slope are continuous.
+
+    The paper's −log needs a positive cosine. Clamping it (``−log max(cos, ε)``) gives no
+    gradient at all on clamped steps (about 20 % of them early in training with a random
+    generator); the tangent keeps pulling such steps towards sync with a bounded slope
+    (``1/floor`` = 10). Elementwise; same shape as ``cos``.
     """
+    safe = cos.clamp_min(floor)
+    return torch.where(cos >= floor, -torch.log(safe), -math.log(floor) + (floor - cos) / floor)
+
+
+def neg_log_cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``−log cos(a, b)`` per row of ``[..., D]`` features (paper eq. 1, continued below
+    :data:`SYNC_LOG_FLOOR` by :func:`log_cosine_loss`), averaged, and the mean cosine."""
     cos = F.cosine_similarity(a.float(), b.float(), dim=-1)
-    return -torch.log(cos.clamp_min(eps)).mean(), cos.detach().mean()
+    return log_cosine_loss(cos).mean(), cos.detach().mean()
 
 
 class AVHubertSyncLoss(FrozenLossNet):
@@ -247,9 +275,9 @@ class AVHubertSyncLoss(FrozenLossNet):
 
 class LipExpertSyncLoss(FrozenLossNet):
     """Wav2Lip's sync loss (Prajwal et al. 2020; spec §3.3), the baseline of Table 4:
-    ``BCE(cos(a, v), 1) = −log cos`` of the lip expert's embeddings of the mel
-    window and of the lower halves of the k = 5 generated faces (resized to
-    48×96 when S ≠ 96).
+    ``BCE(cos(a, v), 1) = −log cos`` (:func:`log_cosine_loss`) of the lip expert's embeddings of the mel
+    window and of the lower halves of the k = 5 generated faces
+    (:func:`engine.models.syncnet.lower_halves`: faces resized to 96×96 when S ≠ 96, then cut).
 
     ``forward(fake, batch)``: ``fake`` ``[B·5, 3, S, S]``, ``batch["sync_mel"]``
     ``[B, 1, 80, 16]``. Returns ``(loss, {"cos": mean cosine})``.
@@ -263,14 +291,10 @@ class LipExpertSyncLoss(FrozenLossNet):
         self.freeze()
 
     def forward(self, fake: torch.Tensor, batch: dict[str, torch.Tensor]):
-        size = fake.shape[-1]
-        lower = fake[:, :, size // 2:]
-        if size != 96:
-            lower = F.interpolate(lower, size=(48, 96), mode="bilinear", antialias=True, align_corners=False)
-        faces = lower.unflatten(0, (-1, self.k)).flatten(1, 2)  # [B, 15, 48, 96], frame-major
+        faces = lower_halves(fake.unflatten(0, (-1, self.k)))  # [B, 15, 48, 96], frame-major
         audio, video = self.expert(batch["sync_mel"], faces)
         cos = (audio.float() * video.float()).sum(1)
-        return -torch.log(cos.clamp_min(1e-7)).mean(), {"cos": cos.detach().mean()}
+        return log_cosine_loss(cos).mean(), {"cos": cos.detach().mean()}
 
 
 def build_sync_loss(kind: str, weights: dict, k: int, size: int, output_layer: int | None = None):

@@ -58,7 +58,7 @@ from engine.face import MOUTH_ROI_SIZE, FaceTracker, crop, mouth_roi_affines
 from engine.media import read_frames_at
 
 log = logging.getLogger("train.preprocess")
-VIDEO_SUFFIXES = {".mp4", ".mpg", ".mpeg", ".webm", ".mov", ".mkv", ".avi"}
+VIDEO_SUFFIXES = {".mp4", ".mpg", ".mpeg", ".webm", ".mov", ".mkv", ".avi", ".flv"}
 FPS = 25.0
 ROI_MARGIN = 2  # source pixels kept around the ROI footprint (bilinear taps, rounding)
 

@@ -47,11 +47,12 @@ import yaml
 from engine.checkpoints import atomic_save, safe_load, save_generator
 from engine.models.avhubert import AVHubert
 from engine.models.generator import Generator, GeneratorConfig
-from engine.models.syncnet import SyncNet
+from engine.models.syncnet import SyncNet, SyncNetColor
 from train.data import StepBatches, WindowDataset, collate, load_clips
 from train.discriminator import Discriminator
-from train.losses import (AVHubertSyncLoss, build_perceptual_loss, build_sync_loss, find_weights,
-                          gan_discriminator_loss, gan_generator_loss, l1_loss)
+from train.augment import Augment
+from train.losses import (AVHubertSyncLoss, LipExpertSyncLoss, build_perceptual_loss, build_sync_loss, find_weights,
+                          gan_discriminator_loss, gan_generator_loss, gradient_loss, l1_loss, lower_half)
 from train.monitor import Monitor
 
 log = logging.getLogger("train.run")
@@ -60,15 +61,23 @@ DEFAULTS = {
     "data": None,  # folder written by train.preprocess
     "data_in_memory": True,  # False: read clip files on demand (data sets larger than memory)
     "out": "runs/default",
-    "model": {"size": 96, "width": 1.0},
+    # audio: wav2lip | expert (the lip expert's layout); decoder: plain (the paper's) | warp
+    # (engine.models.generator.GeneratorConfig).
+    "model": {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain"},
+    # expert: copy the audio encoder of the lip expert (weights.syncnet) into the generator and freeze it,
+    # as paper §3.2 does with SyncNet's; train: a random audio encoder trained with the rest.
+    "audio_encoder": "expert",
     "k": 5,
     "batch_size": 8,  # per process
     "steps": 100_000,
     "time_limit_min": None,
     "lr": 1e-4,
     "betas": [0.5, 0.999],
+    # grad: L1 of the image gradients of the lower half (sharp edges; 0 in the paper's recipe).
     "loss": {"l1": 10.0, "l1_lower_weight": 1.0, "gan": 1.0, "gan_start": 0,
-             "perceptual": 1.0, "sync": 0.5, "sync_start": 0},
+             "perceptual": 1.0, "sync": 0.5, "sync_start": 0, "grad": 0.0},
+    # Consistent audio-video augmentation (train.augment): flip, colour jitter, gain.
+    "augment": False,
     # kind: avhubert | avhubert-visual | avhubert-multimodal | syncnet | none (train.losses.SYNC_KINDS);
     # context: frames of real video around the k generated ones that AV-HuBERT sees.
     "sync": {"kind": "avhubert", "context": 50, "output_layer": None},
@@ -77,6 +86,9 @@ DEFAULTS = {
     # every: steps between validation runs (0: only at the end).
     "monitor": {"every": 1000, "clips": 8, "max_frames": 100},
     "disc_width": 1.0,
+    # face: the discriminator sees whole faces (the paper); lower: the lower halves, where the
+    # generator draws (Wav2Lip's visual-quality discriminator).
+    "disc_region": "face",
     "log_every": 50,
     "ckpt_every": 500,
     "seed": 0,
@@ -191,9 +203,10 @@ def _restore(path: Path, gen, disc, opt_g, opt_d, scaler, device, world: int) ->
     return state["step"], state["seconds"], state.get("monitor_best", -float("inf"))
 
 
-def _monitor(cfg: dict, sync_loss, device: torch.device) -> Monitor:
+def _monitor(cfg: dict, sync_loss, device: torch.device, expert: SyncNetColor | None) -> Monitor:
     """The validation monitor of ``cfg``: AVS with the sync loss's AV-HuBERT or ``weights.avhubert``
-    (when the val clips carry ROI data), LSE with ``weights.lse``."""
+    (when the val clips carry ROI data), LSE with ``weights.lse``, the expert's confidence with
+    ``expert``, the weights-free mouth metrics always."""
     val_clips = load_clips(cfg["data"], "val", limit=cfg["monitor"]["clips"])
     avhubert = lse_net = None
     if isinstance(sync_loss, AVHubertSyncLoss):
@@ -205,7 +218,7 @@ def _monitor(cfg: dict, sync_loss, device: torch.device) -> Monitor:
     if cfg["weights"]["lse"]:
         lse_net = SyncNet.from_checkpoint(find_weights("lse", cfg["weights"]["lse"], "LSE"))
     monitor = Monitor(val_clips, cfg["k"], avhubert, lse_net, cfg["monitor"]["clips"], cfg["monitor"]["max_frames"],
-                      device)
+                      device, expert)
     log.info("monitor: %d val clips; AVS %s; LSE %s", len(monitor.clips),
              "on" if avhubert is not None else "off (no AV-HuBERT weights or no ROI data)",
              "on" if lse_net is not None else "off (no weights.lse)")
@@ -242,20 +255,30 @@ def train(cfg: dict, resume: bool = False) -> Generator:
     train_clips = load_clips(cfg["data"], "train", in_memory=cfg["data_in_memory"])
     dataset = WindowDataset(train_clips, k=k, samples_per_epoch=10**9, seed=cfg["seed"],
                             context=cfg["sync"]["context"] if sync_kind.startswith("avhubert") else 0,
-                            sync_mel=sync_kind == "syncnet")
+                            sync_mel=sync_kind == "syncnet", augment=Augment() if cfg["augment"] else Augment.off())
     log.info("data: %d train clips; sync loss %s; perceptual %s; %d process(es) on %s",
              len(train_clips), sync_kind, "on" if perceptual else "off", world, device)
 
-    gen = Generator(GeneratorConfig(**cfg["model"])).to(device)
+    torch.manual_seed(cfg["seed"])  # the generator's initialisation does not depend on the loss networks built
+    gen = Generator(GeneratorConfig(**cfg["model"]))
+    expert = sync_loss.expert if isinstance(sync_loss, LipExpertSyncLoss) else None
+    if cfg["audio_encoder"] == "expert":
+        if expert is None:
+            expert = SyncNetColor.from_checkpoint(find_weights("syncnet", cfg["weights"]["syncnet"],
+                                                               "audio_encoder: expert (paper 3.2)")).to(device)
+        gen.load_audio_encoder(expert, freeze=True)
+        log.info("audio encoder: the lip expert's, frozen (paper 3.2)")
+    gen = gen.to(device)
     disc = Discriminator(cfg["disc_width"]).to(device)
+    disc_view = lower_half if cfg["disc_region"] == "lower" else (lambda faces: faces)
     betas = tuple(cfg["betas"])
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg["lr"], betas=betas)
+    opt_g = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=cfg["lr"], betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=betas)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     step, spent, best = 0, 0.0, -float("inf")
     if resume and (out / "last.pt").is_file():
         step, spent, best = _restore(out / "last.pt", gen, disc, opt_g, opt_d, scaler, device, world)
-    monitor = _monitor(cfg, sync_loss, device) if rank == 0 else None
+    monitor = _monitor(cfg, sync_loss, device, expert) if rank == 0 else None
 
     gen_step, disc_step = gen, disc
     if world > 1:
@@ -287,10 +310,11 @@ def train(cfg: dict, resume: bool = False) -> Generator:
         for name, v in scores.items():
             tb.add_scalar(f"val/{name}", v, step)
         log.info("step %d  val %s", step, "  ".join(f"{n} {v:.4f}" for n, v in scores.items()))
-        if scores.get("AVSu", -float("inf")) > best:
-            best = scores["AVSu"]
+        key = "AVSu" if "AVSu" in scores else "quality"
+        if scores.get(key, -float("inf")) > best:
+            best = scores[key]
             save_generator(gen, out / "best.pt", {"steps": step, "val": scores, "config": cfg})
-            log.info("new best AVSu %.4f: wrote %s", best, out / "best.pt")
+            log.info("new best %s %.4f: wrote %s", key, best, out / "best.pt")
         return scores
 
     tb = None
@@ -317,6 +341,9 @@ def train(cfg: dict, resume: bool = False) -> Generator:
             fake = gen_step(batch["faces"], batch["mels"])
             losses = {"l1": l1_loss(fake.float(), batch["target"], loss_w["l1_lower_weight"])}
             total = loss_w["l1"] * losses["l1"]
+            if loss_w["grad"] > 0:
+                losses["grad"] = gradient_loss(lower_half(fake.float()), lower_half(batch["target"]))
+                total = total + loss_w["grad"] * losses["grad"]
             if perceptual is not None:
                 losses["perceptual"] = perceptual(fake, batch["target"])
                 total = total + loss_w["perceptual"] * losses["perceptual"]
@@ -325,7 +352,7 @@ def train(cfg: dict, resume: bool = False) -> Generator:
                 total = total + loss_w["sync"] * losses["sync"]
             if use_gan:
                 disc.requires_grad_(False)  # the generator's step: no discriminator gradients
-                losses["gan_g"] = gan_generator_loss(disc(fake).float())
+                losses["gan_g"] = gan_generator_loss(disc(disc_view(fake)).float())
                 disc.requires_grad_(True)
                 total = total + loss_w["gan"] * losses["gan_g"]
         opt_g.zero_grad(set_to_none=True)
@@ -333,7 +360,7 @@ def train(cfg: dict, resume: bool = False) -> Generator:
         scaler.step(opt_g)
         if use_gan:
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = disc_step(torch.cat([batch["target"], fake.detach()])).float()
+                logits = disc_step(disc_view(torch.cat([batch["target"], fake.detach()]))).float()
                 n = len(batch["target"])
                 losses["gan_d"] = gan_discriminator_loss(logits[:n], logits[n:])
             opt_d.zero_grad(set_to_none=True)

@@ -17,6 +17,24 @@ the masked target and the reference stacked on channels, this generator has
 
 Each encoder block is a (strided) convolution followed by two non-strided
 residual convolutions, with BatchNorm and ReLU (spec §3.2 building blocks).
+
+Two options beside the paper's layout (``GeneratorConfig``):
+
+* ``audio="expert"``: the audio encoder has the lip-sync expert's layout
+  (``engine.models.syncnet.SyncNetColor``, two residual blocks after the
+  256-channel stage), so that a trained expert's audio encoder can be
+  copied in and frozen, as §3.2 does with SyncNet's
+  (:meth:`Generator.load_audio_encoder`); ``"wav2lip"`` is the Wav2Lip
+  generator's layout (one block), trained with the rest.
+* ``decoder="warp"``: besides the RGB image, the decoder predicts a smooth
+  flow field (at a quarter of the face size, upsampled) that warps the
+  identity reference into the target's pose, and a per-pixel blend mask;
+  the output is ``m·warp(identity) + (1 − m)·rgb``. Texture (skin, lips,
+  teeth) then comes from the person's own pixels wherever the warp can
+  explain the target, and the RGB branch paints only what it cannot (an
+  opening mouth, teeth that the reference does not show), as DINet (Zhang
+  et al. 2023) and IP_LAP (Zhong et al. 2023) do with warped references.
+  ``"plain"`` is the paper's decoder and the paper configs' default.
 The face size is a parameter: 96 (default), 128, 192 and 256 build. A
 ``width`` multiplier scales every channel count; ``width=1`` gives the
 Wav2Lip channel plan (16…512), the bundled real-time model uses less.
@@ -30,6 +48,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.models import GeneratorInfo
@@ -45,10 +64,22 @@ class GeneratorConfig:
     size: face crop side in pixels (96, 128, 192 or 256; any size that
         halves down to 3 or 4 works).
     width: channel multiplier (1.0 = Wav2Lip channel plan).
+    audio: ``"wav2lip"`` (the Wav2Lip generator's audio encoder; the default
+        of checkpoints written before this option) or ``"expert"`` (the lip
+        expert's, module doc).
+    decoder: ``"plain"`` (the paper's) or ``"warp"`` (module doc).
     """
 
     size: int = 96
     width: float = 1.0
+    audio: str = "wav2lip"
+    decoder: str = "plain"
+
+    def __post_init__(self):
+        if self.audio not in AUDIO_LAYOUTS:
+            raise ValueError(f"model.audio must be one of {', '.join(AUDIO_LAYOUTS)}, got {self.audio!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"model.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
 
     def scales(self) -> list[int]:
         """Spatial sizes of the encoder levels, e.g. 96 → [96, 48, 24, 12, 6, 3]."""
@@ -62,6 +93,11 @@ class GeneratorConfig:
     def channels(self) -> list[int]:
         n = len(self.scales())
         return [max(4, round(c * self.width)) for c in _CHANNELS[: n + 1]]
+
+
+AUDIO_LAYOUTS = {"wav2lip": 1, "expert": 2}  # residual blocks after the 256-channel stage
+DECODERS = ("plain", "warp")
+FLOW_LEVEL = 2  # the warp's flow is predicted at scales[FLOW_LEVEL] (S/4) and upsampled: a smooth field
 
 
 def _encoder(cin: int, cfg: GeneratorConfig) -> nn.ModuleList:
@@ -97,11 +133,13 @@ class Generator(nn.Module):
         self.identity_encoder = _encoder(3, config)
         self.pose_encoder = _encoder(3, config)
         audio_ch = ch[-1]
-        self.audio_encoder = audio_encoder(audio_ch / 512)
+        self.audio_encoder = audio_encoder(audio_ch / 512, res_after_256=AUDIO_LAYOUTS[config.audio])
+        self.audio_frozen = False
         self.fusion = nn.Conv2d(2 * ch[-1], ch[-1], 1)
         # Decoder: level j works at scales[-1-j] and meets both encoders' skips there.
         dec = [nn.Sequential(ConvBlock(audio_ch + ch[-1], ch[-1], 1, 1, 0))]
         prev = ch[-1]
+        flow_in = None
         for j, s in enumerate(reversed(scales)):
             level = len(scales) - 1 - j
             cout = ch[level]
@@ -109,10 +147,19 @@ class Generator(nn.Module):
                   else TransposeBlock(prev, cout, 3, 2, 1, 1))
             dec.append(nn.Sequential(up, *[ConvBlock(cout, cout, 3, 1, 1, residual=True) for _ in range(2)]))
             prev = cout + 2 * ch[level]
+            if level == FLOW_LEVEL:
+                flow_in = prev
         self.decoder = nn.ModuleList(dec)
         self.output_block = nn.Sequential(
             ConvBlock(prev, ch[0], 3, 1, 1), nn.Conv2d(ch[0], 3, 1), nn.Sigmoid()
         )
+        if config.decoder == "warp":
+            # Zero-initialised: the warp starts as the identity map and the blend at one half.
+            self.flow_head = nn.Conv2d(flow_in, 2, 3, 1, 1)
+            self.blend_head = nn.Conv2d(prev, 1, 3, 1, 1)
+            for head in (self.flow_head, self.blend_head):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
         pose, identity = faces[:, :3], faces[:, 3:]
@@ -124,9 +171,54 @@ class Generator(nn.Module):
             pose_feats.append(b)
         fused = self.fusion(torch.cat([id_feats.pop(), pose_feats.pop()], dim=1))
         x = self.decoder[0](torch.cat([self.audio_encoder(mels), fused], dim=1))
+        flow = None
         for block in self.decoder[1:]:
             x = torch.cat([block(x), id_feats.pop(), pose_feats.pop()], dim=1)
-        return self.output_block(x)
+            if self.config.decoder == "warp" and len(id_feats) == FLOW_LEVEL:
+                flow = self.flow_head(x)
+        rgb = self.output_block(x)
+        if self.config.decoder == "plain":
+            return rgb
+        return self._blend(identity, flow, x, rgb)
+
+    def _blend(self, identity, flow, features, rgb):
+        """``m·warp(identity, flow) + (1 − m)·rgb``; the flow is in units of the face side
+        (grid_sample's [-1, 1] coordinates halved), bilinear, border pixels repeated."""
+        size = identity.shape[-1]
+        flow = F.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
+        n = identity.shape[0]
+        base = torch.linspace(-1 + 1 / size, 1 - 1 / size, size, device=identity.device, dtype=identity.dtype)
+        grid = torch.stack(torch.meshgrid(base, base, indexing="xy"), dim=-1).expand(n, size, size, 2)
+        warped = F.grid_sample(identity, grid + 2 * flow.permute(0, 2, 3, 1), mode="bilinear",
+                               padding_mode="border", align_corners=False)
+        m = torch.sigmoid(self.blend_head(features))
+        return m * warped + (1 - m) * rgb
+
+    def load_audio_encoder(self, expert: nn.Module, freeze: bool = True) -> None:
+        """Copy a lip-sync expert's audio encoder (``SyncNetColor.audio_encoder``) into this
+        generator and, with ``freeze``, keep it fixed: no gradients and BatchNorm in eval mode
+        whatever ``train()`` says (paper §3.2: "the audio encoder of SyncNet, frozen").
+
+        Raises ValueError when the layouts differ (the generator needs
+        ``audio="expert"`` and the expert's width = the generator's).
+        """
+        try:
+            self.audio_encoder.load_state_dict(expert.audio_encoder.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"the expert's audio encoder does not fit this generator (model.audio="
+                             f"{self.config.audio!r}, width {self.config.width}; an expert of width "
+                             f"{self.config.width} and model.audio='expert' are needed): "
+                             f"{str(e).splitlines()[0]}") from e
+        if freeze:
+            self.audio_encoder.requires_grad_(False)
+            self.audio_frozen = True
+            self.audio_encoder.eval()
+
+    def train(self, mode: bool = True) -> "Generator":
+        super().train(mode)
+        if self.audio_frozen:
+            self.audio_encoder.eval()
+        return self
 
     def config_dict(self) -> dict:
         return asdict(self.config)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -92,39 +93,54 @@ class SyncNetColor(nn.Module):
         bgr: the weights expect BGR frames (True for the published
             ``lipsync_expert.pth``); the RGB input is flipped per frame.
             False for an expert trained on RGB.
+        width: channel multiplier of both encoders (1.0: the published
+            layout, 512-d embeddings; 0.5: the bundled expert, 256-d, whose
+            audio encoder is exactly the audio encoder of a width-0.5
+            generator, paper §3.2).
     """
 
-    def __init__(self, bgr: bool = False) -> None:
+    def __init__(self, bgr: bool = False, width: float = 1.0) -> None:
         super().__init__()
-        self.bgr = bgr
+        self.bgr, self.width = bgr, width
+        c = [max(4, round(n * width)) for n in (32, 64, 128, 256, 512)]
         self.face_encoder = nn.Sequential(
-            ConvBlock(15, 32, 7, 1, 3),
-            ConvBlock(32, 64, 5, (1, 2), 1),
-            ConvBlock(64, 64, 3, 1, 1, residual=True),
-            ConvBlock(64, 64, 3, 1, 1, residual=True),
-            ConvBlock(64, 128, 3, 2, 1),
-            ConvBlock(128, 128, 3, 1, 1, residual=True),
-            ConvBlock(128, 128, 3, 1, 1, residual=True),
-            ConvBlock(128, 128, 3, 1, 1, residual=True),
-            ConvBlock(128, 256, 3, 2, 1),
-            ConvBlock(256, 256, 3, 1, 1, residual=True),
-            ConvBlock(256, 256, 3, 1, 1, residual=True),
-            ConvBlock(256, 512, 3, 2, 1),
-            ConvBlock(512, 512, 3, 1, 1, residual=True),
-            ConvBlock(512, 512, 3, 1, 1, residual=True),
-            ConvBlock(512, 512, 3, 2, 1),
-            ConvBlock(512, 512, 3, 1, 0),
-            ConvBlock(512, 512, 1, 1, 0),
+            ConvBlock(15, c[0], 7, 1, 3),
+            ConvBlock(c[0], c[1], 5, (1, 2), 1),
+            ConvBlock(c[1], c[1], 3, 1, 1, residual=True),
+            ConvBlock(c[1], c[1], 3, 1, 1, residual=True),
+            ConvBlock(c[1], c[2], 3, 2, 1),
+            ConvBlock(c[2], c[2], 3, 1, 1, residual=True),
+            ConvBlock(c[2], c[2], 3, 1, 1, residual=True),
+            ConvBlock(c[2], c[2], 3, 1, 1, residual=True),
+            ConvBlock(c[2], c[3], 3, 2, 1),
+            ConvBlock(c[3], c[3], 3, 1, 1, residual=True),
+            ConvBlock(c[3], c[3], 3, 1, 1, residual=True),
+            ConvBlock(c[3], c[4], 3, 2, 1),
+            ConvBlock(c[4], c[4], 3, 1, 1, residual=True),
+            ConvBlock(c[4], c[4], 3, 1, 1, residual=True),
+            ConvBlock(c[4], c[4], 3, 2, 1),
+            ConvBlock(c[4], c[4], 3, 1, 0),
+            ConvBlock(c[4], c[4], 1, 1, 0),
         )
-        self.audio_encoder = audio_encoder(res_after_256=2)
+        self.audio_encoder = audio_encoder(width, res_after_256=2)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "SyncNetColor":
         """Load Wav2Lip's ``lipsync_expert.pth`` (``{"state_dict", "optimizer",
-        "global_step", "global_epoch"}``) as a BGR-weights model
-        (``bgr=True``), on the CPU in eval mode; errors as
-        :func:`engine.checkpoints.load_weights`."""
-        return load_weights(cls(bgr=True), path)
+        "global_step", "global_epoch"}``), or one written by ``train.syncnet``
+        (same layout, any ``width``: read from the first convolution's
+        output channels, 32·width), as a BGR-weights model (``bgr=True``), on
+        the CPU in eval mode; errors as :func:`engine.checkpoints.load_weights`."""
+        from engine.checkpoints import CheckpointError, safe_load
+
+        obj = safe_load(path)
+        sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        first = None
+        if isinstance(sd, dict):
+            first = sd.get("face_encoder.0.conv_block.0.weight", sd.get("module.face_encoder.0.conv_block.0.weight"))
+        if first is None or first.ndim != 4:
+            raise CheckpointError(f"{path}: not a lip-sync expert (SyncNet_color) state dict")
+        return load_weights(cls(bgr=True, width=first.shape[0] / 32), path)
 
     def forward(self, mels: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
         """Embed a mel window and the lower halves of 5 frames.
@@ -141,8 +157,39 @@ class SyncNetColor(nn.Module):
             normalised; their dot product is the cosine similarity that
             Wav2Lip's sync loss feeds to BCE.
         """
+        return self.audio_embedding(mels), self.face_embedding(faces)
+
+    def audio_embedding(self, mels: Tensor) -> Tensor:
+        """``[N, 1, 80, 16]`` mel windows → ``[N, 512·width]`` L2-normalised audio embeddings."""
+        return F.normalize(self.audio_encoder(mels).flatten(1), dim=1)
+
+    def face_embedding(self, faces: Tensor) -> Tensor:
+        """``[N, 15, 48, 96]`` RGB lower halves → ``[N, 512·width]`` L2-normalised face embeddings."""
         if self.bgr:
             faces = faces.unflatten(1, (-1, 3)).flip(2).flatten(1, 2)
-        audio_embedding = F.normalize(self.audio_encoder(mels).flatten(1), dim=1)
-        face_embedding = F.normalize(self.face_encoder(faces).flatten(1), dim=1)
-        return audio_embedding, face_embedding
+        return F.normalize(self.face_encoder(faces).flatten(1), dim=1)
+
+
+EXPERT_FACE_SIZE = 96
+"""Side of the face crops :class:`SyncNetColor` sees (Wav2Lip's 96×96)."""
+
+
+def lower_halves(faces) -> Tensor:
+    """5 consecutive face crops → :class:`SyncNetColor`'s face input.
+
+    Args:
+        faces: ``[..., 5, 3, S, S]`` float RGB in [0, 1] (numpy or torch; any
+            leading batch dimensions, none for one window), resized to 96×96
+            (bilinear, antialiased) when S ≠ 96.
+
+    Returns:
+        ``[..., 15, 48, 96]``: rows 48:96 (the lower half) of each face,
+        frame-major on channels ``[t0 RGB, t1 RGB, ...]``.
+    """
+    faces = torch.as_tensor(faces)
+    lead, (n, c, h, w) = faces.shape[:-4], faces.shape[-4:]
+    faces = faces.reshape(-1, c, h, w)
+    if (h, w) != (EXPERT_FACE_SIZE, EXPERT_FACE_SIZE):
+        faces = F.interpolate(faces, size=(EXPERT_FACE_SIZE, EXPERT_FACE_SIZE), mode="bilinear", antialias=True,
+                              align_corners=False)
+    return faces[:, :, EXPERT_FACE_SIZE // 2:].reshape(*lead, n * c, EXPERT_FACE_SIZE // 2, EXPERT_FACE_SIZE)
