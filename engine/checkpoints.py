@@ -90,10 +90,11 @@ def load_weights(model: torch.nn.Module, path: str | Path, ignore: tuple[str, ..
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {e}") from e
+        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {' '.join(str(e).split())}") from e
     misfits = [k for k in result.missing_keys + result.unexpected_keys if not k.endswith("num_batches_tracked")]
     if misfits:
-        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}; missing or unexpected: {misfits}")
+        raise CheckpointError(f"{path}: weights do not fit {type(model).__name__} (the file is {describe(checkpoint)}); "
+                              f"missing or unexpected: {misfits}")
     return model.eval()
 
 

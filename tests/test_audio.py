@@ -99,3 +99,61 @@ def test_truncated_audio_keeps_what_decodes(tmp_path):
     cut.write_bytes(src[: len(src) // 2])
     wav = load_audio(cut)
     assert 0.5 < len(wav) / SAMPLE_RATE < 2.5
+
+
+def test_stereo_is_the_mean_of_its_channels(tmp_path):
+    """(L + R) / 2, as Wav2Lip (librosa.load) and syncnet_python (ffmpeg -ac 1) mix stereo, not FFmpeg's
+    0.7071·(L + R) "mono" downmix (3 dB louder); the mel then matches Wav2Lip's recipe on the same file."""
+    import librosa
+    import soundfile
+
+    left = load_audio(data_file("audio/librivox_ss01_0870.wav"))
+    right = load_audio(data_file("audio/cmuarctic_a0007.wav"))
+    n = min(len(left), len(right))
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, np.stack([left[:n], -0.5 * right[:n]], axis=1), SAMPLE_RATE, subtype="PCM_16")
+    wav = load_audio(path)
+    ref, _ = librosa.load(path, sr=None, mono=True)  # Wav2Lip's audio.load_wav: the mean of the channels
+    assert len(wav) == len(ref) == n
+    assert np.abs(wav - ref).max() < 1e-6
+    assert np.abs(melspectrogram(wav) - librosa_recipe(ref)).max() < 1e-4
+
+
+def test_stereo_grid_clip_level_matches_wav2lip(tmp_path):
+    """A real GRID clip (MP2 stereo at 44.1 kHz): against Wav2Lip's pipeline (the audio track as a wav, then
+    librosa.load(sr=16000)) the level is the same (FFmpeg's mono downmix: +3.01 dB, 40 clipped samples,
+    mel +0.24)."""
+    import av
+    import librosa
+    import soundfile
+
+    path = data_file("video/grid_bbaf2n.mpg")
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        pcm = np.concatenate([f.to_ndarray() for f in c.decode(stream)], axis=1)
+        rate = stream.rate
+    assert pcm.shape[0] == 2
+    extracted = tmp_path / "audio.wav"  # Wav2Lip's preprocess.py: ffmpeg -i video audio.wav (channels kept)
+    soundfile.write(extracted, pcm.T, rate, subtype="PCM_16")
+    ref, _ = librosa.load(extracted, sr=SAMPLE_RATE)
+    wav = load_audio(path)
+    n = min(len(wav), len(ref))
+    assert abs(len(wav) - len(ref)) <= 2
+    level_db = 10 * np.log10(np.mean(wav[:n].astype(np.float64) ** 2) / np.mean(ref[:n].astype(np.float64) ** 2))
+    assert abs(level_db) < 0.05
+    assert np.sum(np.abs(wav) >= 1.0) <= 2
+    assert abs(np.mean(melspectrogram(wav[:n]) - librosa_recipe(ref[:n]))) < 0.02
+
+
+def test_batch_and_stream_mel_agree_within_the_documented_bound():
+    import engine.audio as audio
+
+    wav = load_audio(data_file("audio/cmuarctic_a0007.wav"))
+    batch = melspectrogram(wav)
+    stream = MelStream()
+    for i in range(0, len(wav), 777):
+        stream.push(wav[i: i + 777])
+    stream.close()
+    assert np.abs(stream.frames(0, stream.n_frames) - batch).max() < 2e-6
+    for doc in (audio.__doc__, MelStream.__doc__):
+        assert "within 2e-6" in doc and "identical" not in doc and "exactly" not in doc

@@ -369,3 +369,158 @@ def test_refuses_other_globals(tmp_path, fake_fairseq):
     with pytest.raises(pickle.UnpicklingError, match=r"posix\.system|os\.system"):
         AVHubert.from_checkpoint(path)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------
+# Crafted files: the restricted unpickler cannot be turned against the process (issue 13).
+
+
+class _Build:
+    """Pickles as ``operator.getitem([target], 0)`` followed by BUILD with ``state``: pickle's way to set
+    attributes (``(None, {name: value})`` is setattr) on an object the unpickler resolves as a global."""
+
+    def __init__(self, target, state=None):
+        self.target, self.state = target, state
+
+    def __reduce__(self):
+        import operator
+
+        if self.state is None:
+            return operator.getitem, ([self.target], 0)
+        return operator.getitem, ([self.target], 0), self.state
+
+
+def _crafted(tmp_path, fake_fairseq, payload, legacy=False, name="crafted.pt"):
+    checkpoint = fairseq_checkpoint({"model": MODEL_CFG}, {"w": torch.ones(2)}, fake_fairseq)
+    checkpoint["extra_state"]["payload"] = payload
+    path = tmp_path / name
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_crafted_checkpoint_cannot_poison_later_loads(tmp_path, fake_fairseq, legacy):
+    """The file sets ``torch._utils._rebuild_tensor_v2.__defaults__`` (metadata {"neg": True}) through BUILD:
+    every later torch.load, weights_only included, would return negated tensors. It is refused, and a
+    plain tensor file and a genuine fairseq file loaded afterwards are unchanged."""
+    from engine.fairseq_pickle import UnsafeCheckpointError
+
+    rebuild = torch._utils._rebuild_tensor_v2
+    defaults = rebuild.__defaults__
+    path = _crafted(tmp_path, fake_fairseq, _Build(rebuild, (None, {"__defaults__": ({"neg": True},)})), legacy)
+    genuine = tmp_path / "genuine.pt"
+    weights = {"w": torch.arange(1.0, 5.0)}
+    torch.save(fairseq_checkpoint({"model": MODEL_CFG}, weights, fake_fairseq), genuine)
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.arange(1.0, 4.0), plain)
+    try:
+        with pytest.raises(pickle.UnpicklingError):  # torch's own weights-only loader refuses it too
+            torch.load(path, weights_only=True)
+        with pytest.raises(UnsafeCheckpointError, match=r"refusing to set the state of the function .*_rebuild_tensor_v2"):
+            load_fairseq_checkpoint(path)
+        assert rebuild.__defaults__ == defaults
+        assert torch.equal(torch.load(plain, weights_only=True), torch.arange(1.0, 4.0))
+        assert torch.equal(load_fairseq_checkpoint(genuine)["model"]["w"], weights["w"])
+    finally:
+        rebuild.__defaults__ = defaults  # the code before the fix let the file change it: do not poison the session
+
+
+@pytest.mark.parametrize("target", ["rebuild_parameter", "storage_class", "getitem", "stub_class"])
+def test_build_is_refused_on_everything_but_stubs_dicts_and_tensors(tmp_path, fake_fairseq, target):
+    from engine.fairseq_pickle import UnsafeCheckpointError
+
+    obj = {"rebuild_parameter": torch._utils._rebuild_parameter, "storage_class": torch.FloatStorage,
+           "getitem": __import__("operator").getitem, "stub_class": fake_fairseq}[target]
+    path = _crafted(tmp_path, fake_fairseq, _Build(obj, (None, {"dubcam_marker": 1})))
+    with pytest.raises(UnsafeCheckpointError, match="refusing to set the state of"):
+        AVHubert.from_checkpoint(path)
+    assert not hasattr(obj, "dubcam_marker")
+
+
+def test_each_load_gets_its_own_rebuild_functions_and_stub_classes(tmp_path, fake_fairseq):
+    """What a file can reach of torch's rebuild functions are wrappers made for its load; the stubs are
+    classes of that load too. Nothing a file touches outlives its load."""
+    from engine.fairseq_pickle import Stub
+
+    cfg = {"model": MODEL_CFG, "fn": _Build(torch._utils._rebuild_tensor_v2), "cls": _Build(fake_fairseq)}
+    path = tmp_path / "refs.pt"
+    torch.save(fairseq_checkpoint(cfg, {"w": torch.ones(2)}, fake_fairseq), path)
+    first, second = load_fairseq_checkpoint(path)["cfg"], load_fairseq_checkpoint(path)["cfg"]
+    assert callable(first["fn"]) and first["fn"] is not torch._utils._rebuild_tensor_v2
+    assert first["fn"] is not second["fn"]
+    assert issubclass(first["cls"], Stub) and first["cls"] is not second["cls"]
+
+
+def test_codecs_encode_serves_only_protocol_2_bytes(tmp_path, fake_fairseq):
+    import codecs
+
+    from engine.fairseq_pickle import UnsafeCheckpointError
+
+    legacy = _crafted(tmp_path, fake_fairseq, b"\x00\xffbytes", legacy=True, name="bytes.pt")  # protocol 2
+    assert load_fairseq_checkpoint(legacy)["model"]["w"].tolist() == [1.0, 1.0]
+
+    class Rot13:
+        def __reduce__(self):
+            return codecs.encode, ("text", "rot13")
+
+    with pytest.raises(UnsafeCheckpointError, match="rot13"):
+        load_fairseq_checkpoint(_crafted(tmp_path, fake_fairseq, Rot13(), name="rot13.pt"))
+
+
+# ---------------------------------------------------------------------------
+# Loader errors: one CheckpointError line each (issue 13); pretrained vs fine-tuned.
+
+
+def test_every_bad_file_is_one_checkpoint_error_line(tmp_path, fake_fairseq):
+    import os
+
+    from engine.checkpoints import CheckpointError
+
+    model = small_model()
+    good = pretrained_file(model, tmp_path, fake_fairseq)
+    data = good.read_bytes()
+    bad = {}
+    bad["random"] = tmp_path / "random.pt"
+    bad["random"].write_bytes(os.urandom(4096))
+    bad["truncated"] = tmp_path / "truncated.pt"
+    bad["truncated"].write_bytes(data[: len(data) // 2])
+    (tmp_path / "legacy").mkdir()
+    legacy = pretrained_file(model, tmp_path / "legacy", fake_fairseq, legacy=True)
+    bad["truncated-legacy"] = tmp_path / "truncated_legacy.pt"
+    bad["truncated-legacy"].write_bytes(legacy.read_bytes()[:4000])
+    bad["not-fairseq"] = tmp_path / "generator.pt"
+    torch.save({"format": "dubcam-generator", "state_dict": {"w": torch.ones(1)}}, bad["not-fairseq"])
+    bad["misfit"] = tmp_path / "misfit.pt"
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.layer_norm")}
+    torch.save(fairseq_checkpoint({"model": MODEL_CFG}, state, fake_fairseq), bad["misfit"])
+    bad["refused"] = tmp_path / "evil.pt"
+    checkpoint = fairseq_checkpoint({"model": MODEL_CFG}, state, fake_fairseq)
+    checkpoint["extra_state"]["payload"] = Exploit(tmp_path / "pwned")
+    torch.save(checkpoint, bad["refused"])
+    messages = {}
+    for name, path in bad.items():
+        with pytest.raises(CheckpointError) as info:
+            AVHubert.from_checkpoint(path)
+        messages[name] = str(info.value)
+        assert messages[name].startswith(str(path)) and "\n" not in messages[name], (name, messages[name])
+    assert "dubcam generator" in messages["not-fairseq"]
+    assert "encoder.layer_norm.weight" in messages["misfit"]
+    assert "posix.system" in messages["refused"] or "os.system" in messages["refused"]
+    assert all("not a readable PyTorch checkpoint" in messages[n] for n in ("random", "truncated", "truncated-legacy"))
+
+
+def test_pretrained_and_finetuned_files_are_told_apart(tmp_path, fake_fairseq, caplog):
+    from engine.models.avhubert import checkpoint_stage
+
+    model = small_model()
+    pretrained = pretrained_file(model, tmp_path, fake_fairseq)
+    finetuned = seq2seq_file(model, tmp_path, fake_fairseq)
+    with caplog.at_level("WARNING", logger="engine.models.avhubert"):
+        assert AVHubert.from_checkpoint(finetuned).stage == "fine-tuned"
+        assert not caplog.records
+        assert AVHubert.from_checkpoint(pretrained).stage == "pretrained"
+    assert len(caplog.records) == 1 and "base_vox_433h.pt" in caplog.records[0].getMessage()
+    assert checkpoint_stage({"model": {"_name": "av_hubert_ctc"}}, {}) == "fine-tuned"
+    assert checkpoint_stage({}, {"encoder.w2v_model.mask_emb": None}) == "fine-tuned"
+    assert checkpoint_stage({}, {"label_embs_concat": None}) == "pretrained"
+    assert checkpoint_stage({}, {"encoder.layer_norm.weight": None}) == "unknown"

@@ -159,6 +159,11 @@ def test_a_narrow_expert_loads_at_its_width(tmp_path):
         assert audio.shape == face.shape == (2, 256)
         for ours, theirs in zip((audio, face), source.eval()(mels, faces)):
             assert torch.equal(ours, theirs)
+    thin = randomize(SyncNetColor(bgr=True, width=0.5, face_width=0.25), seed=6)
+    loaded = SyncNetColor.from_checkpoint(lip_expert_file(thin, tmp_path / "thin.pth", prefix=""))
+    assert (loaded.width, loaded.face_width) == (0.5, 0.25)
+    with torch.no_grad():
+        assert torch.equal(loaded(mels, faces)[1], thin.eval()(mels, faces)[1])
     torch.save({"state_dict": {"conv.weight": torch.zeros(3, 3)}}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a lip-sync expert"):
         SyncNetColor.from_checkpoint(tmp_path / "other.pth")
@@ -173,10 +178,10 @@ def test_train_expert_on_real_clips_reports_held_out_accuracy(grid_train_data, t
     from train.syncnet import main
 
     args = ["--data", str(grid_train_data), "--out", str(tmp_path), "--width", "0.125", "--batch-size", "4",
-            "--steps", "3", "--eval-every", "3", "--eval-batches", "2", "--threads", "1"]
+            "--steps", "3", "--eval-every", "3", "--eval-batches", "2", "--threads", "1", "--objective", "multiway"]
     assert main(args) == 0
     best = torch.load(tmp_path / "lipsync_expert.pth", weights_only=True)
-    assert best["global_step"] == 3 and 0 <= best["val"]["accuracy"] <= 1
+    assert best["global_step"] == 3 and 0 <= best["val"]["accuracy"] <= 1 and 0 <= best["val"]["auc"] <= 1
     assert 0 <= best["val"]["offset_accuracy"] <= 1 and best["val"]["windows"] > 0
     assert SyncNetColor.from_checkpoint(tmp_path / "lipsync_expert.pth").width == 0.125
     again = ["--data", str(grid_train_data), "--out", str(tmp_path), "--width", "0.125", "--batch-size", "4",
@@ -186,3 +191,21 @@ def test_train_expert_on_real_clips_reports_held_out_accuracy(grid_train_data, t
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     assert {"train/loss", "val/loss", "val/accuracy", "val/offset_accuracy"} <= set(acc.Tags()["scalars"])
+
+
+def test_multiway_loss_is_a_softmax_over_every_window_of_the_batch():
+    """expert_loss's multi-way form: the class of sample b is its own offset-0 window among all B·C
+    audio windows of the batch (cosines / temperature)."""
+    from train.syncnet import MULTIWAY_TEMPERATURE, expert_loss
+
+    model = randomize(SyncNetColor(width=0.125), seed=7).eval()
+    b, c, target = 3, 4, 2
+    batch = {"faces": torch.rand(b, 15, 48, 96), "mels": torch.randn(b, c, 1, 80, 16),
+             "target": torch.full((b,), target)}
+    with torch.no_grad():
+        loss = expert_loss(model, batch)
+        audio = model.audio_embedding(batch["mels"].flatten(0, 1))
+        video = model.face_embedding(batch["faces"])
+        logits = video @ audio.T / MULTIWAY_TEMPERATURE
+        expected = -torch.stack([torch.log_softmax(logits[i], 0)[i * c + target] for i in range(b)]).mean()
+    torch.testing.assert_close(loss, expected)

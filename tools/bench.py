@@ -171,10 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     from engine.backends import quantize
     from engine.backends.onnx_backend import cpu_cores
 
+    from engine.checkpoints import CheckpointError
+
     args = build_parser().parse_args(argv)
     cores = cpu_cores()
     torch.set_num_threads(cores)
-    model, what = load_model(args)
+    try:
+        model, what = load_model(args)
+    except (FileNotFoundError, CheckpointError) as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
     size = model.info.size
     cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                     platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()

@@ -122,6 +122,9 @@ def load_clips(data_dir: str | Path, split: str, limit: int | None = None,
     """The clips of ``split`` (train/val/test) listed in ``data_dir/manifest.csv`` (the first ``limit``
     in manifest order when given): read now (``in_memory``) or as :class:`ClipFile` on demand."""
     data_dir = Path(data_dir)
+    if not (data_dir / "manifest.csv").is_file():
+        raise FileNotFoundError(f"{data_dir} has no manifest.csv: run python -m train.preprocess --input VIDEOS "
+                                f"--output {data_dir} first")
     clips = []
     with open(data_dir / "manifest.csv") as f:
         for row in csv.DictReader(f):

@@ -34,7 +34,7 @@ SYNC_KINDS = ("avhubert", "avhubert-visual", "avhubert-multimodal", "syncnet", "
 # Where the user gets the weights each loss needs (DESIGN.md "Models and weights").
 PUBLISHED = {
     "vgg": "torchvision's ImageNet VGG-19, https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-    "avhubert": "an AV-HuBERT checkpoint (pretrained or fine-tuned, BASE or LARGE) from "
+    "avhubert": "the AV-HuBERT fine-tuned for lip reading, e.g. base_vox_433h.pt (BASE or LARGE, paper 3.4), from "
                 "https://facebookresearch.github.io/av_hubert/",
     "syncnet": "Wav2Lip's lip expert lipsync_expert.pth (github.com/Rudrabha/Wav2Lip), or train one with "
                "python -m train.syncnet",

@@ -223,10 +223,12 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     clips_dir = args.output / "clips"
-    clips_dir.mkdir(parents=True, exist_ok=True)
     listed = read_split_files(args.splits) if args.splits else {}
     if args.splits and not listed:
         p.error(f"--splits {args.splits}: no train.txt, val.txt or test.txt there")
+    missing = [str(root) for root in args.input if not root.is_dir()]
+    if missing:
+        p.error(f"--input {', '.join(missing)}: no such folder")
     jobs, splits = [], {}
     for root in args.input:
         lrs2 = listed or (read_split_files(root.parent) if root.name == "main" else {})
@@ -237,6 +239,7 @@ def main(argv=None) -> int:
             jobs.append((rec, clips_dir / f"{rec.name}.npz", args.size))
     if not jobs:
         p.error(f"no videos or Wav2Lip clip folders found under {', '.join(map(str, args.input))}")
+    clips_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that finds nothing leaves no output behind
     rows, failed = [], 0
     with contextlib.ExitStack() as stack:
         if args.workers > 1:
@@ -258,6 +261,11 @@ def main(argv=None) -> int:
         w.writerows(rows)
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     log.info("wrote %d clips to %s (%s), %d failed", len(rows), args.output, counts, failed)
+    if rows and not counts["val"]:
+        log.warning("no validation split: python -m train.run will train without validation or best.pt; hold out "
+                    "speakers with --val-speakers (or LRS2's val.txt with --splits)")
+    if rows and not counts["train"]:
+        log.warning("no training split: every recording is held out (--val-speakers / --test-speakers)")
     return 0 if rows else 1
 
 

@@ -7,6 +7,11 @@ and minimise ``λ_gan·GAN + λ1·L1 + λ2·perceptual + λ3·sync``
 ``avhubert``) with Adam (lr 1e-4, betas (0.5, 0.999)); the discriminator
 (``train.discriminator``) learns with BCE at the same rate.
 
+The config (``train.config``: defaults ← YAML ← ``key=value``) is checked
+against a schema: an unknown key, a wrong type or a value out of range is
+one error line naming the key and what is allowed, as is data without
+``manifest.csv``, an unreadable checkpoint, or missing weights (exit status 2).
+
 Scale: one process on the CPU or a GPU, or DDP under ``torchrun`` on several
 GPUs and machines (NCCL; gloo on CPUs), e.g.
 ``torchrun --nproc_per_node 8 -m train.run --config configs/paper_lrs2.yaml``.
@@ -17,12 +22,20 @@ Every ``ckpt_every`` steps the full training state (generator,
 discriminator, both optimizers, gradient scaler, RNG states, monitor best;
 the data sampler's state is the step, ``train.data.StepBatches``) is
 written atomically to ``<out>/last.pt``; ``--resume`` continues it exactly
-(with the same number of processes). Every ``monitor.every`` steps and at
-the end the validation monitor (``train.monitor``) runs; ``<out>/best.pt``
-keeps the generator with the best AVSu. At the end (``steps`` reached or
-``time_limit_min`` spent) the generator is written to
-``<out>/generator.pt``, the format ``realtime --checkpoint`` loads, with
-its validation scores in the metadata.
+(with the same number of processes) and TensorBoard drops what an
+interrupted run logged after it (``purge_step``). An out folder that
+already holds a run is refused without ``--resume`` or ``--overwrite``.
+Every ``monitor.every`` steps and at the end the validation monitor
+(``train.monitor``) runs, before the checkpoint of the same step;
+``<out>/best.pt`` keeps the generator with the best AVSu (the weights-free
+``quality`` without AV-HuBERT), and a resumed run replaces it only with a
+better one. At the end (``steps`` reached or ``time_limit_min`` spent) the
+generator is written to ``<out>/generator.pt``, the format ``realtime
+--checkpoint`` loads, with its validation scores in the metadata.
+
+The generator's initialisation depends on ``seed`` only (the loss networks
+are built before it, and the RNG is seeded again just before it): runs that
+differ in the sync loss start from the same weights (Table 4's ablation).
 
 Logs go to stdout and TensorBoard (``<out>/tb``): every loss term, the
 sync cosine, throughput, validation scores, and grids of identity | pose |
@@ -33,9 +46,12 @@ AV-HuBERT sync losses).
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import random
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -44,97 +60,79 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from engine.checkpoints import atomic_save, safe_load, save_generator
+from engine.checkpoints import CheckpointError, atomic_save, safe_load, save_generator
 from engine.models.avhubert import AVHubert
 from engine.models.generator import Generator, GeneratorConfig
 from engine.models.syncnet import SyncNet, SyncNetColor
 from train.data import StepBatches, WindowDataset, collate, load_clips
 from train.discriminator import Discriminator
 from train.augment import Augment
+from train.config import DEFAULTS, ConfigError, load_config  # noqa: F401 (DEFAULTS, load_config: API)
+from train.config import validate as validate_config
 from train.losses import (AVHubertSyncLoss, LipExpertSyncLoss, build_perceptual_loss, build_sync_loss, find_weights,
                           gan_discriminator_loss, gan_generator_loss, gradient_loss, l1_loss, lower_half)
 from train.monitor import Monitor
 
 log = logging.getLogger("train.run")
-
-DEFAULTS = {
-    "data": None,  # folder written by train.preprocess
-    "data_in_memory": True,  # False: read clip files on demand (data sets larger than memory)
-    "out": "runs/default",
-    # audio: wav2lip | expert (the lip expert's layout); decoder: plain (the paper's) | warp
-    # (engine.models.generator.GeneratorConfig).
-    "model": {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain"},
-    # expert: copy the audio encoder of the lip expert (weights.syncnet) into the generator and freeze it,
-    # as paper §3.2 does with SyncNet's; train: a random audio encoder trained with the rest.
-    "audio_encoder": "expert",
-    "k": 5,
-    "batch_size": 8,  # per process
-    "steps": 100_000,
-    "time_limit_min": None,
-    "lr": 1e-4,
-    "betas": [0.5, 0.999],
-    # grad: L1 of the image gradients of the lower half (sharp edges; 0 in the paper's recipe).
-    "loss": {"l1": 10.0, "l1_lower_weight": 1.0, "gan": 1.0, "gan_start": 0,
-             "perceptual": 1.0, "sync": 0.5, "sync_start": 0, "grad": 0.0},
-    # Consistent audio-video augmentation (train.augment): flip, colour jitter, gain.
-    "augment": False,
-    # kind: avhubert | avhubert-visual | avhubert-multimodal | syncnet | none (train.losses.SYNC_KINDS);
-    # context: frames of real video around the k generated ones that AV-HuBERT sees.
-    "sync": {"kind": "avhubert", "context": 50, "output_layer": None},
-    # Weights files (None: $DUBCAM_HOME/models/<published name>, see train.losses.find_weights).
-    "weights": {"avhubert": None, "syncnet": None, "vgg": None, "lse": None},
-    # every: steps between validation runs (0: only at the end).
-    "monitor": {"every": 1000, "clips": 8, "max_frames": 100},
-    "disc_width": 1.0,
-    # face: the discriminator sees whole faces (the paper); lower: the lower halves, where the
-    # generator draws (Wav2Lip's visual-quality discriminator).
-    "disc_region": "face",
-    "log_every": 50,
-    "ckpt_every": 500,
-    "seed": 0,
-    "threads": None,
-    "device": "auto",  # auto | cpu | cuda
-    "amp": True,  # float16 autocast + gradient scaler on CUDA
-    "workers": 0,  # DataLoader worker processes per training process
-}
+RUN_FILES = ("last.pt", "best.pt", "generator.pt", "config.yaml", "tb")
+"""What a run writes into its out folder (``--overwrite`` removes these, nothing else)."""
 
 
-def load_config(path: str | None, overrides: list[str]) -> dict:
-    """Defaults ← YAML file ← ``key=value`` overrides (dotted keys reach nested values; values parsed
-    as YAML). A file may start from another with ``include: other.yaml`` (relative to itself)."""
-    cfg = yaml.safe_load(yaml.safe_dump(DEFAULTS))
-    if path:
-        _merge(cfg, _read_yaml(Path(path)))
-    for item in overrides:
-        if "=" not in item:
-            raise SystemExit(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
-    if not cfg["data"]:
-        raise SystemExit("no training data: set data=<folder written by python -m train.preprocess>")
-    return cfg
+def _split_counts(data: str | Path) -> dict[str, int]:
+    """Clips per split in ``data/manifest.csv``.
+
+    Raises FileNotFoundError (saying how to make the data) when the folder or its manifest is missing,
+    ValueError when the manifest lists no training clip.
+    """
+    data = Path(data)
+    manifest = data / "manifest.csv"
+    if not manifest.is_file():
+        what = "does not exist" if not data.exists() else "has no manifest.csv"
+        raise FileNotFoundError(f"training data {data} {what}: write it with python -m train.preprocess "
+                                f"--input VIDEOS --output {data} [--val-speakers ...]")
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    counts = {split: sum(r.get("split") == split for r in rows) for split in ("train", "val", "test")}
+    if not counts["train"]:
+        raise ValueError(f"{manifest} lists no training clips ({counts}): run python -m train.preprocess again "
+                         "with recordings that are not all held out")
+    return counts
 
 
-def _read_yaml(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
-    base = data.pop("include", None)
-    if not base:
-        return data
-    merged = _read_yaml(path.parent / base)
-    _merge(merged, data)
-    return merged
+def _prepare_out(out: Path, resume: bool, overwrite: bool, rank: int) -> None:
+    """Refuse to start a run over another one (``last.pt`` there) unless resuming or overwriting."""
+    last = out / "last.pt"
+    if resume:
+        if not last.is_file():
+            log.warning("--resume: no %s, starting afresh at step 0", last)
+        return
+    if not last.is_file():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} already holds a run ({last}): pass --resume to continue it, or --overwrite "
+                              f"to start again from step 0 (removes its {', '.join(RUN_FILES)})")
+    if rank == 0:
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        log.warning("--overwrite: removed the previous run's %s from %s", ", ".join(RUN_FILES), out)
 
 
-def _merge(base: dict, new: dict) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
+def _best_on_disk(out: Path) -> float:
+    """The score ``<out>/best.pt`` was kept for (AVSu, else quality), or -inf: a resumed run never
+    replaces a better best.pt, whatever its last.pt says."""
+    path = out / "best.pt"
+    if not path.is_file():
+        return -float("inf")
+    try:
+        val = safe_load(path).get("meta", {}).get("val", {})
+    except (CheckpointError, AttributeError) as e:
+        log.warning("cannot read the score of %s (%s): it may be replaced by a worse model", path, e)
+        return -float("inf")
+    return float(val.get("AVSu", val.get("quality", -float("inf"))))
 
 
 def _distributed(cfg: dict) -> tuple[int, int, torch.device]:
@@ -181,12 +179,24 @@ def _broadcast_buffers(*modules: torch.nn.Module) -> None:
 
 def _restore(path: Path, gen, disc, opt_g, opt_d, scaler, device, world: int) -> tuple[int, float, float]:
     """Load a ``last.pt`` into the models, optimizers, scaler and RNGs; returns ``(step, seconds, best AVSu)``.
-    Files written before the scaler, numpy/python RNG and monitor entries existed load too."""
+    Files written before the scaler, numpy/python RNG and monitor entries existed load too.
+
+    Raises CheckpointError (one line) for a file that is not a training checkpoint or whose models or
+    optimizers do not fit this config."""
+    from engine.checkpoints import describe
+
     state = safe_load(path)
-    gen.load_state_dict(state["generator"])
-    disc.load_state_dict(state["discriminator"])
-    opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
+    if not isinstance(state, dict) or state.get("format") != "dubcam-train":
+        raise CheckpointError(f"{path}: not a training checkpoint of train.run (found {describe(state)}); "
+                              "start afresh with --overwrite")
+    try:
+        gen.load_state_dict(state["generator"])
+        disc.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: does not fit this config (was it written with another model, "
+                              f"disc_width or audio_encoder?): {' '.join(str(e).split())[:500]}") from e
     if "scaler" in state:
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
@@ -225,15 +235,31 @@ def _monitor(cfg: dict, sync_loss, device: torch.device, expert: SyncNetColor | 
     return monitor
 
 
-def train(cfg: dict, resume: bool = False) -> Generator:
+def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Generator:
     """Run the recipe of ``cfg`` (see :data:`DEFAULTS`); returns the trained generator (eval mode).
 
-    Raises FileNotFoundError / CheckpointError for loss weights that are
-    missing or wrong (the message says what is needed and where it is
-    published) and ValueError for data that cannot serve the recipe.
+    ``resume`` continues ``<out>/last.pt`` (a warning when there is none);
+    without it, an out folder that holds a run (``last.pt``) is refused
+    unless ``overwrite``, which removes that run's files first.
+
+    Raises ConfigError (a ValueError) for a config outside the schema;
+    FileExistsError for an out folder that holds a run; FileNotFoundError for
+    data without ``manifest.csv`` and for missing loss weights (the message
+    says what is needed and where it is published); CheckpointError for
+    wrong weights or last.pt; ValueError for data that cannot serve the
+    recipe.
     """
-    rank, world, device = _distributed(cfg)
+    cfg = validate_config(cfg)
+    if not cfg["data"]:
+        raise ConfigError("no training data: set data=<folder written by python -m train.preprocess>")
     out = Path(cfg["out"])
+    rank = int(os.environ.get("RANK", "0"))
+    _prepare_out(out, resume, overwrite, rank)
+    splits = _split_counts(cfg["data"])
+    if not splits["val"] and rank == 0:
+        log.warning("no validation split in %s: the monitor scores nothing and best.pt is not written "
+                    "(hold out speakers with python -m train.preprocess --val-speakers ...)", cfg["data"])
+    rank, world, device = _distributed(cfg)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -253,8 +279,14 @@ def train(cfg: dict, resume: bool = False) -> Generator:
             m.to(device)
 
     train_clips = load_clips(cfg["data"], "train", in_memory=cfg["data_in_memory"])
-    dataset = WindowDataset(train_clips, k=k, samples_per_epoch=10**9, seed=cfg["seed"],
-                            context=cfg["sync"]["context"] if sync_kind.startswith("avhubert") else 0,
+    context = 0
+    if sync_kind.startswith("avhubert"):
+        context = cfg["sync"]["context"]
+        if context == "clip":  # paper §3.5: the whole clip, bounded by memory (sync.max_context)
+            context = max(k, min(max(c.n_frames for c in train_clips), cfg["sync"]["max_context"]))
+            log.info("sync context: whole clips, %d frames (the longest clip, at most sync.max_context=%d)",
+                     context, cfg["sync"]["max_context"])
+    dataset = WindowDataset(train_clips, k=k, samples_per_epoch=10**9, seed=cfg["seed"], context=context,
                             sync_mel=sync_kind == "syncnet", augment=Augment() if cfg["augment"] else Augment.off())
     log.info("data: %d train clips; sync loss %s; perceptual %s; %d process(es) on %s",
              len(train_clips), sync_kind, "on" if perceptual else "off", world, device)
@@ -278,6 +310,7 @@ def train(cfg: dict, resume: bool = False) -> Generator:
     step, spent, best = 0, 0.0, -float("inf")
     if resume and (out / "last.pt").is_file():
         step, spent, best = _restore(out / "last.pt", gen, disc, opt_g, opt_d, scaler, device, world)
+        best = max(best, _best_on_disk(out))
     monitor = _monitor(cfg, sync_loss, device, expert) if rank == 0 else None
 
     gen_step, disc_step = gen, disc
@@ -321,7 +354,9 @@ def train(cfg: dict, resume: bool = False) -> Generator:
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
-        tb = SummaryWriter(out / "tb")
+        # A resumed run replays the steps after its last.pt: purge_step drops what the interrupted run logged
+        # for them, so TensorBoard shows each step once.
+        tb = SummaryWriter(out / "tb", purge_step=step + 1 if step else None)
     limit_s = cfg["time_limit_min"] * 60 if cfg["time_limit_min"] else float("inf")
     gen.train()
     disc.train()
@@ -380,20 +415,22 @@ def train(cfg: dict, resume: bool = False) -> Generator:
                 tb.add_scalar("speed/samples_per_s", rate, step)
                 log.info("step %d  %s  %.3g samples/s", step, "  ".join(f"{n} {v:.4f}" for n, v in values.items()),
                          rate)
+        # Validation before the checkpoint of the same step: last.pt then holds the best score that
+        # best.pt was kept for (a resumed run compares with it) and the RNG state after validation.
+        if monitor is not None and cfg["monitor"]["every"] and step % cfg["monitor"]["every"] == 0:
+            validate()
         if step % cfg["ckpt_every"] == 0:
             if world > 1:
                 _broadcast_buffers(gen, disc)
             if rank == 0:
                 _log_images(tb, batch, fake, stats, k, step)
                 save_state()
-        if monitor is not None and cfg["monitor"]["every"] and step % cfg["monitor"]["every"] == 0:
-            validate()
     if world > 1:
         _broadcast_buffers(gen, disc)
     scores = {}
     if rank == 0:
-        save_state()
         scores = validate()
+        save_state()
         tb.close()
         meta = {"steps": step, "train_seconds": round(spent), "train_clips": len(train_clips),
                 "val_clips": len(monitor.clips), "config": cfg, "val": scores}
@@ -419,11 +456,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt if it exists")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt (a warning if there is none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again from step 0 in an out folder that holds a run (removes its last.pt, best.pt, "
+                        "generator.pt, config.yaml and tb/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. batch_size=4 loss.gan=0")
     args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    train(load_config(args.config, args.overrides), resume=args.resume)
+    try:
+        train(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, FileExistsError, FileNotFoundError, CheckpointError, ValueError) as e:
+        print(f"train.run: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,6 +20,7 @@ differentiable (in eval mode it serves as a frozen loss network).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, fields
@@ -31,6 +32,8 @@ from torch import Tensor, nn
 
 from engine.fairseq_pickle import load_fairseq_checkpoint
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "AVHubert",
     "AVHubertConfig",
@@ -38,6 +41,7 @@ __all__ = [
     "IMAGE_MEAN",
     "IMAGE_STD",
     "LARGE",
+    "checkpoint_stage",
     "encoder_state_dict",
 ]
 
@@ -314,6 +318,7 @@ class AVHubert(nn.Module):
         super().__init__()
         dim = cfg.encoder_embed_dim
         self.cfg = cfg
+        self.stage = "unknown"  # of a loaded file: "pretrained" | "fine-tuned" (checkpoint_stage)
         self.feature_extractor_audio = Frontend(cfg.audio_feat_dim, dim)
         self.feature_extractor_video = Frontend(_RESNET_DIM, dim, resnet=ResEncoder())
         self.layer_norm = nn.LayerNorm(2 * dim)
@@ -323,23 +328,47 @@ class AVHubert(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> "AVHubert":
         """Load a fairseq AV-HuBERT checkpoint (pretrained ``av_hubert`` or
-        fine-tuned ``av_hubert_seq2seq``, BASE or LARGE; spec §1.5).
+        fine-tuned ``av_hubert_seq2seq`` / ``av_hubert_ctc``, BASE or LARGE;
+        spec §1.5).
 
         The config comes from the file's ``cfg`` (see
         :meth:`AVHubertConfig.from_fairseq_cfg`); the weights through
-        :func:`encoder_state_dict`. Returns the model on the CPU in eval mode.
+        :func:`encoder_state_dict`. Returns the model on the CPU in eval mode,
+        with ``stage`` set to :func:`checkpoint_stage` of the file. A
+        pretrained (not fine-tuned) file loads with a warning: Yaman et al.
+        2024 use the one fine-tuned for lip reading (§3.4, "We utilize the
+        finetuned version"), e.g. ``base_vox_433h.pt``, for the sync loss and
+        the AVS metrics.
 
         Raises:
             FileNotFoundError: no such file.
-            pickle.UnpicklingError: the file references a global outside the
-                allow list of :mod:`engine.fairseq_pickle`.
-            ValueError: unsupported config (see ``from_fairseq_cfg``).
-            RuntimeError: the weights do not fit the config (missing,
-                unexpected or mis-shaped keys are all listed).
+            engine.checkpoints.CheckpointError: anything else, in one line
+                that starts with the path: a file that is not a readable
+                fairseq checkpoint, a refused global or state change
+                (:class:`engine.fairseq_pickle.UnsafeCheckpointError`), an
+                unsupported config (see ``from_fairseq_cfg``), or weights that
+                do not fit the config (missing, unexpected or mis-shaped keys
+                are listed).
         """
+        from engine.checkpoints import CheckpointError
+
         checkpoint = load_fairseq_checkpoint(path)
-        model = cls(AVHubertConfig.from_fairseq_cfg(checkpoint["cfg"]))
-        model.load_state_dict(encoder_state_dict(checkpoint["model"]))
+        try:
+            cfg = AVHubertConfig.from_fairseq_cfg(checkpoint["cfg"])
+        except (ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{path}: not a supported AV-HuBERT config: {e}") from e
+        model = cls(cfg)
+        try:
+            model.load_state_dict(encoder_state_dict(checkpoint["model"]))
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: the weights do not fit the AV-HuBERT of its config "
+                                  f"({cfg.encoder_layers} layers, dim {cfg.encoder_embed_dim}): "
+                                  + " ".join(str(e).split())) from e
+        model.stage = checkpoint_stage(checkpoint["cfg"], checkpoint["model"])
+        if model.stage != "fine-tuned":
+            log.warning("%s is a %s AV-HuBERT, not one fine-tuned for lip reading: the paper (Yaman et al. "
+                        "2024 §3.4) uses the fine-tuned one, e.g. base_vox_433h.pt", path,
+                        "pretrained" if model.stage == "pretrained" else "possibly pretrained")
         return model.eval()
 
     def extract_features(
@@ -407,6 +436,25 @@ class AVHubert(nn.Module):
             raise ValueError(f"padding_mask must be bool {size}, got {padding_mask.dtype} {tuple(padding_mask.shape)}")
         if output_layer is not None and not 1 <= output_layer <= self.cfg.encoder_layers:
             raise ValueError(f"output_layer must be in 1..{self.cfg.encoder_layers}, got {output_layer}")
+
+
+def checkpoint_stage(cfg: Mapping[str, Any], state_dict: Mapping[str, Any]) -> str:
+    """Whether a fairseq AV-HuBERT checkpoint is ``"pretrained"`` (``av_hubert``, e.g.
+    ``base_vox_iter5.pt``: self-supervised only) or ``"fine-tuned"`` (``av_hubert_seq2seq`` /
+    ``av_hubert_ctc``, e.g. ``base_vox_433h.pt``: trained further for lip reading), from its config
+    (``cfg["model"]["_name"]``, a nested ``w2v_args``, spec §1.5) or else its keys (the
+    ``encoder.w2v_model.`` prefix of fine-tuned files; the pretraining heads ``final_proj`` /
+    ``label_embs_concat`` of pretrained ones); ``"unknown"`` when neither says."""
+    model_cfg = cfg.get("model") if isinstance(cfg, Mapping) else None
+    model_cfg = model_cfg if isinstance(model_cfg, Mapping) else {}
+    name = str(model_cfg.get("_name") or "")
+    if model_cfg.get("w2v_args") or name.startswith(("av_hubert_seq2seq", "av_hubert_ctc")):
+        return "fine-tuned"
+    if any(key.startswith(_SEQ2SEQ_PREFIX) for key in state_dict):
+        return "fine-tuned"
+    if name == "av_hubert" or any(key.startswith(_PRETRAINING_ONLY[:2]) for key in state_dict):
+        return "pretrained"
+    return "unknown"
 
 
 def encoder_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
