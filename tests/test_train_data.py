@@ -147,3 +147,15 @@ def test_augmentation_keeps_audio_and_video_consistent(grid_train_data):
     assert d["faces"].min() >= 0 and d["faces"].max() <= 1
     with pytest.raises(ValueError, match="sync context"):
         WindowDataset(clips, k=5, context=10, augment=Augment())
+
+
+def test_held_identity_is_one_frame_for_the_whole_window(grid_train_data):
+    """identity="held": one reference frame for the k targets, as the pipeline holds one; "window": k
+    consecutive frames of another window (Wav2Lip's sampling)."""
+    clips = load_clips(grid_train_data, "train")
+    held = WindowDataset(clips, k=5, seed=3, identity="held")[0]["faces"][:, 3:]
+    assert all(torch.equal(held[0], held[i]) for i in range(5))
+    window = WindowDataset(clips, k=5, seed=3)[0]["faces"][:, 3:]
+    assert not all(torch.equal(window[0], window[i]) for i in range(5))
+    with pytest.raises(ValueError, match="identity"):
+        WindowDataset(clips, k=5, identity="random")

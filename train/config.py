@@ -128,6 +128,9 @@ class TrainConfig:
     betas: list[float] = _f(factory=lambda: [0.5, 0.999], help="Adam betas", length=2, min=0, lt=1)
     loss: LossConfig = _f(factory=LossConfig)
     augment: bool = _f(False, "consistent audio-video augmentation (train.augment): flip, colour jitter, gain")
+    identity: Literal["window", "held"] = _f(
+        "window", "window: k identity frames from another window, one per target (Wav2Lip's sampling); held: one "
+                  "frame repeated k times, as the streaming pipeline holds one identity reference")
     sync: SyncConfig = _f(factory=SyncConfig)
     weights: WeightsConfig = _f(factory=WeightsConfig)
     monitor: MonitorConfig = _f(factory=MonitorConfig)

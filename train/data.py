@@ -6,7 +6,7 @@ One sample (Yaman et al. 2024 §3.1, §3.5; Wav2Lip's sampling, spec §3.5):
 * ``faces``: the generator input ``[k, 6, S, S]``: channels 0–2 the pose
   reference (the targets with rows S/2: zeroed), 3–5 the identity
   reference (k frames from a random other window of the same clip, at
-  least k frames away);
+  least k frames away, or one such frame k times: ``identity="held"``);
 * ``mels``: the k mel windows ``[k, 1, 80, 16]`` centred on each target
   frame (``GeneratorInfo.mel_offset_s = -0.1``);
 * with ``sync_mel``: ``sync_mel`` ``[1, 80, 16]``, the 0.2 s mel window that
@@ -174,6 +174,11 @@ class WindowDataset(torch.utils.data.Dataset):
         context: C > 0 adds the sync-loss context (module doc); every clip
             must then carry mouth-ROI data.
         sync_mel: add the lip expert's mel window.
+        identity: ``"window"``: the identity reference of target frame i is
+            frame r + i of another window (Wav2Lip's sampling); ``"held"``: frame
+            r for all k, as the streaming pipeline holds one reference — a
+            model that warps the reference (``decoder="warp"``) then cannot
+            learn to replay the reference's mouth motion instead of the audio's.
         augment: :class:`train.augment.Augment`, one draw per sample for its
             targets, identity reference and mel windows alike (the context
             of the AV-HuBERT loss is not augmented: with ``context``, use
@@ -184,7 +189,7 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips: list[Clip] | list[ClipFile], k: int = 5, samples_per_epoch: int = 10_000, seed: int = 0,
                  mel_offset_s: float = -0.1, context: int = 0, sync_mel: bool = False,
-                 augment: Augment = Augment.off()):
+                 augment: Augment = Augment.off(), identity: str = "window"):
         self.clips = [c for c in clips if c.n_frames >= 3 * k]
         if not self.clips:
             raise ValueError(f"no clip has the {3 * k} frames a window of k={k} needs")
@@ -199,7 +204,9 @@ class WindowDataset(torch.utils.data.Dataset):
         if context and (augment.flip or augment.brightness or augment.contrast or augment.saturation):
             raise ValueError("the AV-HuBERT sync context is real video: flip and colour augmentation "
                              "would not match it (use only gain_db, or no augmentation)")
-        self.context, self.sync_mel, self.augment = context, sync_mel, augment
+        if identity not in ("window", "held"):
+            raise ValueError(f"identity must be window or held, got {identity!r}")
+        self.context, self.sync_mel, self.augment, self.identity = context, sync_mel, augment, identity
 
     def __len__(self) -> int:
         return self.n
@@ -214,7 +221,8 @@ class WindowDataset(torch.utils.data.Dataset):
         r = self._window(rng, clip, avoid=t)
         aug = self.augment.draw(rng)
         target = aug.faces(clip.faces[t: t + self.k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-        identity = aug.faces(clip.faces[r: r + self.k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+        ids = clip.faces[r: r + self.k] if self.identity == "window" else clip.faces[[r] * self.k]
+        identity = aug.faces(ids.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         mels = aug.mel(np.stack([mel_window(clip.mel, (t + i) / clip.fps, self.mel_offset_s)
                                  for i in range(self.k)])[:, None])
         sample = {

@@ -4,8 +4,9 @@ Every ``monitor.every`` steps and at the end of a run, the generator runs
 on a fixed validation subset: the first ``monitor.clips`` validation clips,
 each from its first frame for up to ``monitor.max_frames`` frames (a whole
 multiple of k), as the streaming pipeline would see them: pose reference =
-the frame with its lower half masked, identity reference = the k frames
-half a clip away, mel windows centred on the frames. It reports
+the frame with its lower half masked, identity reference = the frame in
+the middle of the clip, held for every frame (the pipeline holds one
+reference too), mel windows centred on the frames. It reports
 
 * ``l1``, ``psnr`` (dB), ``ssim`` of the generated vs real face crops
   (:func:`engine.metrics.psnr` / :func:`engine.metrics.ssim` on [0, 1]
@@ -93,8 +94,8 @@ class Monitor:
     def _inputs(self, clip: Clip, n: int, mel_offset_s: float) -> tuple[torch.Tensor, torch.Tensor]:
         faces = clip.faces[:n].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         T, k = len(clip.valid), self.k
-        identity = np.concatenate([clip.faces[r: r + k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-                                   for r in ((t + T // 2) % (T - k + 1) for t in range(0, n, k))])
+        held = clip.faces[T // 2].transpose(2, 0, 1).astype(np.float32) / 255.0
+        identity = np.broadcast_to(held, (n,) + held.shape)
         mels = np.stack([mel_window(clip.mel, i / clip.fps, mel_offset_s) for i in range(n)])[:, None]
         inputs = np.concatenate([pose_reference(faces), identity], axis=1)
         return torch.from_numpy(inputs).to(self.device), torch.from_numpy(mels).to(self.device)

@@ -287,7 +287,8 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Generator
             log.info("sync context: whole clips, %d frames (the longest clip, at most sync.max_context=%d)",
                      context, cfg["sync"]["max_context"])
     dataset = WindowDataset(train_clips, k=k, samples_per_epoch=10**9, seed=cfg["seed"], context=context,
-                            sync_mel=sync_kind == "syncnet", augment=Augment() if cfg["augment"] else Augment.off())
+                            sync_mel=sync_kind == "syncnet", augment=Augment() if cfg["augment"] else Augment.off(),
+                            identity=cfg["identity"])
     log.info("data: %d train clips; sync loss %s; perceptual %s; %d process(es) on %s",
              len(train_clips), sync_kind, "on" if perceptual else "off", world, device)
 
