@@ -76,7 +76,7 @@ def test_missing_loss_weights_are_a_clear_error(grid_train_data, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"perceptual loss.*vgg19-dcbb9e9d\.pth"):
         train(cfg)
     cfg = tiny(grid_train_data, tmp_path, **{"sync.kind": "avhubert"})
-    with pytest.raises(FileNotFoundError, match=r"avhubert sync loss needs an AV-HuBERT checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"avhubert sync loss needs the AV-HuBERT fine-tuned for lip reading, e.g. base_vox_433h\.pt"):
         train(cfg)
 
 
