@@ -68,21 +68,24 @@ def _strip_module(sd: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, ignore: tuple[str, ...] = ()) -> torch.nn.Module:
+def load_weights(model: torch.nn.Module, path: str | Path, ignore: tuple[str, ...] = (),
+                 checkpoint: object | None = None) -> torch.nn.Module:
     """Load a raw state dict, or a ``{"state_dict": ...}`` one (``module.``
     stripped), read with ``weights_only=True``, into ``model``.
 
     Keys that start with a prefix in ``ignore`` are dropped first (heads the
     model does not use). Only absent or extra BatchNorm
     ``num_batches_tracked`` entries are forgiven (whether published files
-    carry them varies, spec §6). Returns the model in eval mode.
+    carry them varies, spec §6). ``checkpoint``: the object already read
+    from ``path`` by :func:`safe_load` (not read again). Returns the model in
+    eval mode.
 
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: unreadable file, not a state dict, or weights that
             do not fit (the misfitting keys are listed).
     """
-    checkpoint = safe_load(path)
+    checkpoint = safe_load(path) if checkpoint is None else checkpoint
     state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: not a state dict")

@@ -146,7 +146,8 @@ class SyncNetColor(nn.Module):
         first, last = sd.get("face_encoder.0.conv_block.0.weight"), sd.get("face_encoder.16.conv_block.0.weight")
         if first is None or last is None or first.ndim != 4:
             raise CheckpointError(f"{path}: not a lip-sync expert (SyncNet_color) state dict")
-        return load_weights(cls(bgr=True, width=last.shape[0] / 512, face_width=first.shape[0] / 32), path)
+        return load_weights(cls(bgr=True, width=last.shape[0] / 512, face_width=first.shape[0] / 32), path,
+                            checkpoint=obj)
 
     def forward(self, mels: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
         """Embed a mel window and the lower halves of 5 frames.
