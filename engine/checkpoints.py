@@ -1,13 +1,11 @@
-"""Checkpoint formats: detection, safe loading, key remapping (DESIGN.md "Models and weights").
+"""Safe reading and writing of checkpoints, and what a file is (DESIGN.md "Models and weights").
 
-Generators load from two formats:
-
-* **ours** (``format: "dubcam-generator"``): ``{"format", "version",
-  "config", "state_dict", "meta"}`` written by :func:`save_generator`;
-* **Wav2Lip's** ``wav2lip.pth`` / ``wav2lip_gan.pth``: ``{"state_dict",
-  "optimizer", "global_step", "global_epoch"}`` with keys such as
-  ``face_encoder_blocks.0.0.conv_block.0.weight`` (``module.`` stripped if
-  present), spec §3.2.
+The generator formats themselves live next to their models and are read by
+the one factory, ``engine.models.load`` (its registry
+``engine.models.GENERATOR_FORMATS``): ours (``format: "dubcam-generator"``,
+``engine.models.generator``) and Wav2Lip's ``wav2lip.pth`` /
+``wav2lip_gan.pth`` (``engine.models.wav2lip``, spec §3.2). This module
+knows their names only to say what a wrong file is.
 
 Everything is read with ``torch.load(weights_only=True)``: a file that needs
 arbitrary pickled objects is refused, never executed. Other known kinds (the
@@ -19,12 +17,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 FORMAT = "dubcam-generator"
 VERSION = 1
+"""Our generator format (``engine.models.generator.save_generator``) and its newest version."""
 
 
 class CheckpointError(ValueError):
@@ -64,7 +65,8 @@ def safe_load(path: str | Path) -> object:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from e
 
 
-def _strip_module(sd: dict) -> dict:
+def strip_module(sd: dict) -> dict:
+    """A state dict with the ``module.`` prefix of (Distributed)DataParallel removed from its keys."""
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
@@ -89,7 +91,7 @@ def load_weights(model: torch.nn.Module, path: str | Path, ignore: tuple[str, ..
     state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: not a state dict")
-    state_dict = {k: v for k, v in _strip_module(state_dict).items() if not (ignore and k.startswith(ignore))}
+    state_dict = {k: v for k, v in strip_module(state_dict).items() if not (ignore and k.startswith(ignore))}
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:
@@ -109,7 +111,7 @@ def describe(obj) -> str:
         if obj.get("format") == "dubcam-train":
             return "a dubcam training checkpoint"
         sd = obj.get("state_dict", obj)
-        keys = set(_strip_module(sd)) if isinstance(sd, dict) else set()
+        keys = set(strip_module(sd)) if isinstance(sd, dict) else set()
         if "face_encoder_blocks.0.0.conv_block.0.weight" in keys and "face_decoder_blocks.0.0.conv_block.0.weight" in keys:
             return "a Wav2Lip generator"
         if "face_encoder.0.conv_block.0.weight" in keys and "audio_encoder.0.conv_block.0.weight" in keys:
@@ -123,56 +125,25 @@ def describe(obj) -> str:
     return "not a known checkpoint"
 
 
-def save_generator(model: torch.nn.Module, path: str | Path, meta: dict | None = None, half: bool = False) -> None:
-    """Write our generator format (atomic). ``meta``: free-form provenance (data, steps, scores).
+@dataclass(frozen=True)
+class GeneratorFormat:
+    """One generator checkpoint format of the registry ``engine.models.GENERATOR_FORMATS``.
 
-    ``half`` stores floating-point tensors as float16 (half the file; they
-    load back into float32 parameters, a relative change of about 1e-3).
+    name: what :func:`describe` calls such a file. recognise(obj): whether a
+    loaded object is one. build(obj, path): the model with its ``.info`` and
+    weights (raises :class:`CheckpointError` when they do not fit).
     """
-    sd = model.state_dict()
-    if half:
-        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-    atomic_save({"format": FORMAT, "version": VERSION, "config": model.config_dict(),
-                 "state_dict": sd, "meta": dict(meta or {})}, path)
+
+    name: str
+    recognise: Callable[[object], bool]
+    build: Callable[[object, "str | Path"], torch.nn.Module]
 
 
-def load_generator(path: str | Path) -> torch.nn.Module:
-    """Build and load the generator stored in ``path``, in eval mode, on the CPU.
-
-    Returns our :class:`~engine.models.generator.Generator` or a
-    :class:`~engine.models.wav2lip.Wav2LipRGB`; either has ``.info``
-    (:class:`~engine.models.GeneratorInfo`) and takes RGB input.
-
-    Raises FileNotFoundError; :class:`CheckpointError` for a file of any
-    other kind (the message says what it is) or whose weights do not fit.
-    """
-    from engine.models.generator import Generator, GeneratorConfig
-    from engine.models.wav2lip import Wav2Lip, Wav2LipRGB
-
-    obj = safe_load(path)
-    kind = describe(obj)
-    if kind == "a dubcam generator":
-        if obj.get("version", 0) > VERSION:
-            raise CheckpointError(f"{path}: written by a newer dubcam (format version {obj['version']})")
-        model = Generator(GeneratorConfig(**obj["config"]))
-        sd = obj["state_dict"]
-    elif kind == "a Wav2Lip generator":
-        net = Wav2Lip()
-        model = Wav2LipRGB(net)
-        model.info = _wav2lip_info()
-        sd = {"net." + k: v for k, v in _strip_module(obj.get("state_dict", obj)).items()}
-    else:
-        raise CheckpointError(f"{path}: expected a generator checkpoint (dubcam or Wav2Lip), found {kind}")
+def load_state(model: torch.nn.Module, state_dict: dict, path: str | Path, kind: str) -> torch.nn.Module:
+    """``model.load_state_dict(state_dict, strict=True)``, with a one-line :class:`CheckpointError`
+    naming ``path`` and ``kind`` when the weights do not fit."""
     try:
-        model.load_state_dict(sd, strict=True)
+        model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit {kind}: {str(e).splitlines()[0]}") from e
-    if isinstance(obj, dict) and obj.get("meta"):
-        model.meta = obj["meta"]
-    return model.eval()
-
-
-def _wav2lip_info():
-    from engine.models import GeneratorInfo
-
-    return GeneratorInfo(kind="wav2lip", size=96, mel_offset_s=0.0, identity="current", crop="wav2lip")
+    return model

@@ -23,8 +23,7 @@ import math
 import cv2
 import numpy as np
 
-ASSETS = Path(__file__).parent / "assets"
-LANDMARKER_MODEL = ASSETS / "face_landmarker.task"
+from engine.bundled import FACE_LANDMARKER as LANDMARKER_MODEL, MEAN_FACE
 
 
 @dataclass(frozen=True)
@@ -289,7 +288,6 @@ class FaceTracker:
 # * Frames without a face are interpolated as in the original; a video with no
 #   face at all raises instead of being resized whole to 96x96.
 
-MEAN_FACE = ASSETS / "mediapipe_mean_face.npy"
 ROI_CANVAS = 256
 """Side of the reference canvas the mean face lives on (``STD_SIZE``)."""
 MOUTH_ROI_SIZE = 96

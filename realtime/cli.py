@@ -3,6 +3,7 @@
     realtime demo                       bundled face + bundled speech → demo.mp4
     realtime run --video FACE --audio SPEECH --out OUT.mp4
     realtime run --video FACE --text "Hello there" --out OUT.mp4
+    realtime verify FILE                was FILE dubbed by dubcam? (C2PA manifest + watermark)
     realtime cam | serve --webrtc | devices | bench   live use (realtime/cli_live.py)
 
 ``realtime <command> --help`` explains each command's options.
@@ -12,72 +13,101 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
-from engine.face import ASSETS
+from engine.bundled import ASSETS, DEMO_FACE, DEMO_SPEECH
+from realtime.options import DEFAULT_CHECKPOINT, model_options, pipeline_factory, positive
 
-DEFAULT_CHECKPOINT = ASSETS / "generator.pt"
-DEMO_FACE = ASSETS / "demo_face.png"
-DEMO_SPEECH = ASSETS / "demo_speech.wav"
+def _disclosure_options(p: argparse.ArgumentParser, files: bool) -> None:
+    """The marks of dubbed output (README "Disclosure"): C2PA on files, the watermark, the live badge."""
+    g = p.add_argument_group("disclosure")
+    g.add_argument("--no-watermark", action="store_true",
+                   help="do not embed the invisible watermark in the generated mouth region (warns)")
+    if files:
+        g.add_argument("--no-provenance", action="store_true", help="write no C2PA manifest (warns)")
+        g.add_argument("--sign-cert", type=Path, default=None, metavar="PEM",
+                       help="certificate chain (PEM, leaf first) that signs the C2PA manifest, with --sign-key "
+                            "(default: a local key made once in $DUBCAM_HOME/signing; its signer is not verified)")
+        g.add_argument("--sign-key", type=Path, default=None, metavar="PEM", help="private key of --sign-cert (PEM)")
+    else:
+        from realtime.sinks import LABEL_CORNERS
 
-log = logging.getLogger("realtime")
-
-
-def _model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", type=Path, default=None,
-                   help="generator weights: a dubcam generator.pt or Wav2Lip's wav2lip.pth / wav2lip_gan.pth "
-                        f"(default: the bundled model, {DEFAULT_CHECKPOINT.name})")
-    g.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
-                   help="inference backend; auto = TensorRT when an engine was built for the checkpoint "
-                        "(tools/export_trt.py) and a GPU is here, else ONNX Runtime if installed, else torch; "
-                        "--checkpoint may also name an engine folder (default: auto)")
-    g.add_argument("--int8", action="store_true",
-                   help="run the INT8 version of the generator in ONNX Runtime (CPU; ~1.5x faster, "
-                        "calibrated on the bundled demo face; made once and cached)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda[:n] (default: cpu)")
-    g.add_argument("--chunk", type=int, default=5, metavar="K",
-                   help="frames per generator call; larger chunks are faster but add latency (default: 5)")
-    g.add_argument("--size", type=int, default=None,
-                   help="face size S the checkpoint must have (default: whatever the checkpoint was trained at)")
+        g.add_argument("--label", default=None, metavar="TEXT",
+                       help='visible corner badge on the output, e.g. --label "AI-dubbed" (default: none)')
+        g.add_argument("--label-corner", choices=LABEL_CORNERS, default="top-left",
+                       help="corner of --label (default: top-left)")
 
 
-def _pipeline_factory(args):
-    """Load the backend once; return a function that makes a new Pipeline on it (one per live session)."""
-    from engine import backends
-    from realtime.pipeline import Pipeline, PipelineConfig
+def _signing(args, video: Path, audio_path: Path, out: Path, audio_title: str | None):
+    """The ``finish`` step of the file sink that signs the output (None with --no-provenance), and a note."""
+    from importlib.metadata import version
 
+    from engine import provenance
+
+    if args.no_provenance:
+        print(f"realtime: warning: --no-provenance: {out} carries no C2PA manifest", file=sys.stderr)
+        return None, None
+    signer = provenance.load_signer(args.sign_cert, args.sign_key)
     ckpt = args.checkpoint or DEFAULT_CHECKPOINT
-    if args.checkpoint is None and not ckpt.is_file():
-        raise FileNotFoundError(f"the bundled generator is missing ({ckpt}); pass --checkpoint PATH")
-    backend = backends.load(ckpt, kind=args.backend, device=args.device, int8=args.int8)
-    if args.size is not None and args.size != backend.info.size:
-        raise ValueError(f"{ckpt} works on {backend.info.size}px faces, not --size {args.size}")
-    log.info("generator: %s (%s, %dpx) on %s", ckpt, backend.info.kind, backend.info.size, backend.name)
-    return lambda: Pipeline(backend, PipelineConfig(chunk=args.chunk))
+    cards = [ASSETS / "generator.md", ASSETS / "lip_expert.md"] if args.checkpoint is None else [ckpt.with_suffix(".md")]
+
+    def sign(part: Path) -> None:
+        manifest = provenance.edit_manifest(out.name, video, audio_path, ckpt, cards, version("dubcam"),
+                                            watermark=not args.no_watermark, audio_title=audio_title)
+        provenance.sign_file(part, manifest, signer, parent=video, components=[audio_path])
+
+    note = ("C2PA manifest signed with the local key in " + str(provenance.local_signer_files()[0].parent)
+            + f": {provenance.UNVERIFIED_SIGNER} (--sign-cert/--sign-key sign as you)") if signer.local else \
+        f"C2PA manifest signed with {args.sign_cert}"
+    return sign, note
 
 
-def _build_pipeline(args):
-    return _pipeline_factory(args)()
-
-
-def _run_job(args, video: Path, audio_path: Path, out: Path) -> int:
+def _run_job(args, video: Path, audio_path: Path, out: Path, audio_title: str | None = None) -> int:
     from realtime.runner import run_file
     from realtime.sources import AudioFileSource
 
     audio = AudioFileSource(audio_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = _build_pipeline(args)
+    sign, note = _signing(args, Path(video), Path(audio_path), out, audio_title)
+    pipeline = pipeline_factory(args)()
     try:
-        report = run_file(pipeline, video, audio, out, progress=not args.quiet)
+        report = run_file(pipeline, video, audio, out, progress=not args.quiet, finish=sign)
     finally:
         pipeline.close()
     print(f"wrote {out} ({report.duration:.2f} s, backend {pipeline.backend.name})")
-    for line in report.lines():
+    for line in report.lines() + ([note] if note else []):
         print("  " + line)
     return 0
+
+
+def cmd_verify(args) -> int:
+    from engine.provenance import DETECT_P, verify
+
+    v = verify(args.file, max_frames=args.frames)
+    m, w = v.manifest, v.watermark
+    if m.present:
+        print(f"C2PA manifest: present, {m.state}" + (f" ({', '.join(m.failures)})" if m.failures else "")
+              + (f", signed by {m.signer}" if m.signer else "") + (f"; {m.note}" if m.note else ""))
+        if m.local_signer:
+            print("  the signer is not verified: a local key that dubcam made on the machine that wrote the file")
+        for a in m.actions:
+            print(f"  action {a.get('action')}" + (f" ({a['digitalSourceType'].rsplit('/', 1)[-1]})"
+                                                   if a.get("digitalSourceType") else "")
+                  + (f" by {a['softwareAgent'].get('name')} {a['softwareAgent'].get('version', '')}".rstrip()
+                     if isinstance(a.get("softwareAgent"), dict) else "")
+                  + (f": {a['description']}" if a.get("description") else ""))
+    else:
+        print("C2PA manifest: none" + (f" ({m.note})" if m.note else ""))
+    print(f"watermark: {'present' if w.present else 'not found'}, confidence {w.confidence:.6f} "
+          f"(p = {w.p_value:.2g}, needs < {DETECT_P:g}; {w.blocks} blocks voted, {100 * w.vote_accuracy:.1f} % "
+          f"match; bit accuracy {100 * w.bit_accuracy:.1f} % over {w.reads} block reads in {w.faces} of "
+          f"{w.frames} frames with a face)")
+    print(f"verdict: {v.line}")
+    return 0 if v.dubbed else 1
 
 
 def cmd_run(args) -> int:
@@ -86,7 +116,8 @@ def cmd_run(args) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             wav = speak(args.text, Path(tmp) / "speech.wav", voice=args.voice)
-            return _run_job(args, args.video, wav, args.out)
+            return _run_job(args, args.video, wav, args.out,
+                            audio_title=f"text spoken by espeak-ng (voice {args.voice}): {args.text!r}")
     return _run_job(args, args.video, args.audio, args.out)
 
 
@@ -105,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "write an mp4 with that speech as its audio; prints speed and latency.")
     d.add_argument("--out", type=Path, default=Path("demo.mp4"), help="output file (default: demo.mp4)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _model_options(d)
+    model_options(d)
+    _disclosure_options(d, files=True)
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("run", help="lip-sync a video or image of a face to a speech file or text",
@@ -122,12 +154,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--voice", default="en", help="espeak-ng voice for --text (default: en)")
     r.add_argument("--out", type=Path, required=True, help="output mp4")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _model_options(r)
+    model_options(r)
+    _disclosure_options(r, files=True)
     r.set_defaults(func=cmd_run)
     from realtime.cli_live import add_live_commands
 
-    add_live_commands(sub, _model_options)
+    add_live_commands(sub)
+    for name in ("cam", "serve"):
+        if name in sub.choices:
+            _disclosure_options(sub.choices[name], files=False)
+
+    v = sub.add_parser("verify", help="say whether a video or image was dubbed by dubcam (C2PA + watermark)",
+                       description="Look for dubcam's marks in a video or image: the C2PA manifest (present, "
+                                   "valid, who signed it) and the invisible watermark in the mouth region (with "
+                                   "its confidence). Exit status 0: dubbed by dubcam; 1: no marks found; 2: error.")
+    v.add_argument("file", type=Path, help="video or image to check")
+    v.add_argument("--frames", type=positive, default=300, help="most frames read for the watermark (default: 300)")
+    v.set_defaults(func=cmd_verify)
+    for command in sub.choices.values():  # -v after the sub-command too (it does not reset one given before)
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log what happens at each step")
     return p
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it stops like Ctrl-C: every device and thread released."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough: let the clean-up finish
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,15 +197,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return args.func(args)
     except (FileNotFoundError, AudioError, MediaError, CheckpointError, BackendError, NoFaceError,
             DeviceError, ValueError) as e:
         print(f"realtime: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:  # before a live session ran (one that runs stops cleanly and returns 0)
+        print("realtime: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("realtime: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_sigterm)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import threading
 from fractions import Fraction
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.audio import SAMPLE_RATE
+from realtime.options import model_options, pipeline_factory
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -27,6 +29,32 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}")
 
 
+def _port(text: str) -> int:
+    """A TCP port number, 1–65535 (argparse type)."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1–65535, got {text!r}")
+    return int(text)
+
+
+def _at_least_one(text: str) -> int:
+    """An integer ≥ 1 (argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return int(text)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """DeviceError unless ``host:port`` can be bound now (checked before the model loads, so that it fails fast)."""
+    import socket
+
+    from realtime.devices import DeviceError
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:  # in use, no permission, or not an address of this machine
+        raise DeviceError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+
 def _print_report(report, runner=None) -> None:
     for line in report.lines():
         print("  " + line)
@@ -35,17 +63,49 @@ def _print_report(report, runner=None) -> None:
         ready = np.percentile(st.ready, [50, 95]) if st.ready else (0.0, 0.0)
         print(f"  scheduled latency {1000 * runner.latency_s:.0f} ms; composites ready after p50 "
               f"{1000 * ready[0]:.0f} ms, p95 {1000 * ready[1]:.0f} ms; most frames queued {st.max_queue}")
+        if runner.gauge is not None:
+            print(f"  last {runner.gauge.reading.line()}")
+
+
+def _gauge(args):
+    """The live sync gauge (``realtime.gauge``) unless ``--no-sync-gauge``."""
+    if args.no_sync_gauge:
+        return None
+    from realtime.gauge import GaugeConfig, load_gauge
+
+    return load_gauge(GaugeConfig(poor_for_s=args.sync_fallback_s))
+
+
+def _status_line(runner) -> None:
+    """``realtime cam``'s status line: fps, latency, generated vs passed through, and the sync gauge."""
+    st = runner.stats
+    recent = st.latencies[-50:]
+    p95 = 1000 * float(np.percentile(recent, 95)) if recent else 0.0
+    passed = sum(st.passthrough.values())
+    line = f"{st.frames_out} frames, {st.generated} dubbed, {passed} passed through, latency p95 {p95:.0f} ms"
+    if runner.gauge is not None:
+        line += "; " + runner.gauge.reading.line()
+    end = "\r" if sys.stderr.isatty() else "\n"
+    print(line.ljust(100) if end == "\r" else line, end=end, file=sys.stderr, flush=True)
 
 
 # -- realtime cam ------------------------------------------------------------------------------------
 
 def cmd_cam(args) -> int:
-    from realtime.cli import _pipeline_factory
-    from realtime.runner import MediaClock, run_live
+    """``realtime cam``: options are checked, then the model loads, then the devices open; all are released.
+
+    A stop asked by Ctrl-C or SIGTERM while the session runs ends it like
+    ``--seconds`` does (report printed, exit 0); before it runs, what was
+    opened is closed and :func:`realtime.cli.main` exits 130 / 143.
+    """
+    from realtime.clock import MediaClock
+    from realtime.runner import run_live
     from realtime.sinks import PreviewSink, VirtualCameraSink, VirtualMicSink
     from realtime.sources import open_audio_source, open_video_source
 
-    make_pipeline = _pipeline_factory(args)
+    if args.preview:
+        PreviewSink.check()
+    make_pipeline = pipeline_factory(args)
     clock, stop = MediaClock(), threading.Event()
     opened = []
     try:
@@ -61,6 +121,7 @@ def cmd_cam(args) -> int:
         if args.preview:
             sinks.append(PreviewSink(stop))
             opened.append(sinks[-1])
+        pipeline = make_pipeline()
     except BaseException:
         for thing in opened:
             thing.close()
@@ -68,11 +129,11 @@ def cmd_cam(args) -> int:
     audio_sinks = []
     if args.virtual_mic is not None:
         audio_sinks.append(lambda r: VirtualMicSink(r.delay, r.clock, r.latency_s, args.virtual_mic))
-    pipeline = make_pipeline()
     try:
         print(f"live from {args.camera}, driven by {args.audio_source}; Ctrl-C stops", flush=True)
         report, runner = run_live(pipeline, video, audio, sinks=sinks, audio_sinks=audio_sinks, clock=clock,
-                                  latency_s=args.latency, seconds=args.seconds, stop=stop)
+                                  latency_s=args.latency, seconds=args.seconds, stop=stop, gauge=_gauge(args),
+                                  on_status=_status_line, status_every_s=1.0 if sys.stderr.isatty() else 10.0)
     finally:
         pipeline.close()
     print("stopped; every device released")
@@ -83,17 +144,30 @@ def cmd_cam(args) -> int:
 # -- realtime serve --webrtc ---------------------------------------------------------------------------
 
 def cmd_serve(args) -> int:
-    from realtime.cli import _pipeline_factory
     from realtime.devices import LIVE_EXTRA, DeviceError
 
     if not args.webrtc:
         raise ValueError("serve needs --webrtc (the WebRTC service is the one service so far)")
     try:
-        from realtime.webrtc.server import Server, serve
+        from realtime.webrtc.server import Server, is_loopback, serve
     except ImportError as e:
         raise DeviceError(f"the WebRTC service needs aiortc and aiohttp ({e}): {LIVE_EXTRA}") from e
-    server = Server(_pipeline_factory(args), host=args.host, token=args.token, max_sessions=args.max_sessions,
-                    latency_s=args.latency)
+    token = args.token
+    if args.no_token:
+        if token:
+            raise ValueError("--no-token and --token together: give one of them")
+        if not is_loopback(args.host):
+            print(f"realtime: warning: --no-token: anyone who can reach {args.host}:{args.port} can start "
+                  "sessions on this machine", file=sys.stderr, flush=True)
+        token = ""  # the Server's "no token needed"
+    elif token is not None and not token.strip():
+        if not is_loopback(args.host):
+            raise ValueError(f"--token is empty: off loopback ({args.host}) that would switch authentication off; "
+                             "give a token, leave --token out to have one generated, or pass --no-token")
+        token = None  # on loopback no token is needed anyway
+    _check_listen(args.host, args.port)
+    server = Server(pipeline_factory(args), host=args.host, token=token, max_sessions=args.max_sessions,
+                    latency_s=args.latency, make_gauge=None if args.no_sync_gauge else lambda: _gauge(args))
     serve(server, args.host, args.port)
     return 0
 
@@ -153,12 +227,13 @@ class _LoopedAudio:
 
 
 def cmd_bench(args) -> int:
-    from realtime.cli import DEMO_FACE, DEMO_SPEECH, _pipeline_factory
-    from realtime.runner import MediaClock, Paced, run_file, run_live
+    from engine.bundled import DEMO_FACE, DEMO_SPEECH
+    from realtime.clock import MediaClock, Paced
+    from realtime.runner import WAKE_S, run_file, run_live
     from realtime.sources import AudioFileSource, VideoFileSource
 
     video, speech = args.video or DEMO_FACE, args.audio or DEMO_SPEECH
-    pipeline = _pipeline_factory(args)()
+    pipeline = pipeline_factory(args)()
     info, k = pipeline.info, pipeline.config.chunk
     try:
         if args.fast:
@@ -175,6 +250,7 @@ def cmd_bench(args) -> int:
             print("(aiortc is not installed: no VP8 encoding figure)")
         source = VideoFileSource(video, duration=args.seconds)
         report, runner = run_live(pipeline, Paced(source, clock), Paced(_LoopedAudio(speech, args.seconds), clock),
+                                  gauge=_gauge(args),
                                   sinks=[probe] if probe else [], clock=clock, latency_s=args.latency)
     finally:
         pipeline.close()
@@ -186,9 +262,11 @@ def cmd_bench(args) -> int:
     per_chunk = 1000 * st.stage_s["generator"] / max(1, st.chunks)
     per_frame = {s: 1000 * v / max(1, st.frames_in) for s, v in st.stage_s.items()}
     enc = 1000 * probe.seconds / max(1, probe.frames) if probe else float("nan")
+    fill = (k - 1) / fps if pipeline.config.batching == "fixed" else 0.0  # ready: k caps a batch, no wait
     print("latency budget (one frame, capture → leaving the process):")
     rows = [("mel lookahead (window end + half STFT window)", 1000 * info.lookahead_s),
-            (f"chunk wait (k={k}: 0 to {1000 * (k - 1) / fps:.0f} ms, mean)", 1000 * (k - 1) / fps / 2),
+            (f"chunk wait (k={k}: 0 to {1000 * fill:.0f} ms, mean; batching {pipeline.config.batching})",
+             1000 * fill / 2),
             ("audio delivery (one 20 ms block)", 20.0),
             ("face tracking (per frame, on arrival)", per_frame["tracking"]),
             (f"inference (per chunk of {k}, {st.chunks} chunks)", per_chunk),
@@ -196,16 +274,27 @@ def cmd_bench(args) -> int:
             ("encoding (aiortc VP8, per frame)", enc)]
     for name, ms in rows:
         print(f"  {name:<52} {ms:7.1f} ms")
-    worst = (1000 * (info.lookahead_s + (k - 1) / fps + 0.02) + per_frame["tracking"] + per_chunk
+    worst = (1000 * (info.lookahead_s + fill + 0.02) + per_frame["tracking"] + per_chunk
              + per_frame["compositing"] * k)
     print(f"  {'sum for the first frame of a chunk (worst case)':<52} {worst:7.1f} ms "
           f"(+ encoding {enc:.1f} ms, + network and the receiver's jitter buffer)")
+    print(f"  when the driving audio pauses, silence is fed by a frame's last call (scheduled latency − one "
+          f"chunk's compute − {1000 * WAKE_S:.0f} ms), so a pause adds nothing to this sum")
     print(f"  the output is scheduled at {1000 * runner.latency_s:.0f} ms (--latency); "
           f"pass-through counts say whether that is enough here")
     return 0
 
 
-def add_live_commands(sub, model_options, voice_default: str = "en") -> None:
+def _sync_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sync gauge")
+    g.add_argument("--no-sync-gauge", action="store_true",
+                   help="no live sync gauge: never fall back to pass-through for poor sync or a small face")
+    g.add_argument("--sync-fallback-s", type=float, default=3.0, metavar="SECONDS",
+                   help="pass the face through once the lip expert has judged the sync off (best lag beyond "
+                        "±3 frames) for this long; dub again once it is back for 2 s (default: 3)")
+
+
+def add_live_commands(sub, voice_default: str = "en") -> None:
     """Register ``cam``, ``serve``, ``devices`` and ``bench`` on the ``realtime`` sub-parsers."""
     c = sub.add_parser("cam", help="live: camera + microphone (or other driving audio) → virtual camera",
                        description="Read a camera, re-render the mouth to the driving audio, and publish the "
@@ -217,8 +306,9 @@ def add_live_commands(sub, model_options, voice_default: str = "en") -> None:
                    help="camera index or device (default: 0); a video or image file stands in for a camera")
     c.add_argument("--audio-source", default="mic",
                    help="driving audio: mic, mic:DEVICE, an audio file, text:WORDS (espeak-ng), or "
-                        "tcp://HOST:PORT (listen for raw 16 kHz mono s16le PCM, e.g. from a translation "
-                        "system) (default: mic)")
+                        "tcp://HOST:PORT[?token=SECRET] (listen for raw 16 kHz mono s16le PCM, e.g. from a "
+                        "translation system; HOST empty: loopback; off loopback the sender must send SECRET and "
+                        "a newline first) (default: mic)")
     c.add_argument("--voice", default=voice_default, help="espeak-ng voice for text: (default: en)")
     c.add_argument("--virtual-mic", default=None, metavar="DEVICE",
                    help="play the delayed driving audio to this output: a PulseAudio/PipeWire sink name (e.g. a "
@@ -233,6 +323,7 @@ def add_live_commands(sub, model_options, voice_default: str = "en") -> None:
     c.add_argument("--latency", type=float, default=None, metavar="SECONDS",
                    help="added latency the output is scheduled at (default: mel lookahead + chunk + 0.1 s)")
     c.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    _sync_options(c)
     model_options(c)
     c.set_defaults(func=cmd_cam)
 
@@ -244,12 +335,16 @@ def add_live_commands(sub, model_options, voice_default: str = "en") -> None:
                                    "generated and printed).")
     s.add_argument("--webrtc", action="store_true", help="the WebRTC service")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    s.add_argument("--port", type=_port, default=8080, help="port, 1–65535 (default: 8080)")
     s.add_argument("--token", default=None, help="token offers must carry (default: none on loopback, else "
-                                                 "generated and printed)")
-    s.add_argument("--max-sessions", type=int, default=4, help="sessions at once (default: 4)")
+                                                 "generated and printed; an empty one is refused off loopback)")
+    s.add_argument("--no-token", action="store_true",
+                   help="off loopback, accept offers without a token (prints a warning; anyone who can reach "
+                        "the port can use this machine)")
+    s.add_argument("--max-sessions", type=_at_least_one, default=4, help="sessions at once, ≥ 1 (default: 4)")
     s.add_argument("--latency", type=float, default=None, metavar="SECONDS",
                    help="added latency the output is scheduled at (default: mel lookahead + chunk + 0.1 s)")
+    _sync_options(s)
     model_options(s)
     s.set_defaults(func=cmd_serve)
 
@@ -269,5 +364,6 @@ def add_live_commands(sub, model_options, voice_default: str = "en") -> None:
     b.add_argument("--video", type=Path, default=None, help="face video or image (default: the bundled demo face)")
     b.add_argument("--audio", type=Path, default=None, help="speech (default: the bundled demo speech)")
     b.add_argument("--latency", type=float, default=None, metavar="SECONDS", help="scheduled latency (live mode)")
+    _sync_options(b)
     model_options(b)
     b.set_defaults(func=cmd_bench)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -32,6 +33,16 @@ LIVE_EXTRA = "pip install 'dubcam[live]'"
 
 class DeviceError(RuntimeError):
     """A camera, audio device, virtual camera or port that cannot be used; the message says what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address: an IP address or ``localhost``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def sounddevice():

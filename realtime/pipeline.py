@@ -7,12 +7,17 @@ gives back composited frames, in order, as soon as they can be made:
 * audio goes into a ``MelStream``; a frame's 0.2 s mel window is ready once
   the audio it covers has arrived (``GeneratorInfo.lookahead_s`` past the
   frame);
-* frames with a face are gathered into chunks of k (default 5); a chunk
-  runs once all its windows are ready, or earlier, shorter, when the oldest
-  frame has waited ``max_chunk_wait_s`` or the stream ends;
+* a frame with a face goes to the generator as soon as its mel window is
+  ready (``batching="ready"``, the default): the frames ready at that moment
+  run in one call, at most k (default 5), so k caps a batch and is never a
+  wait (DESIGN.md "The streaming core"). ``batching="fixed"`` keeps full
+  chunks of k for GPU throughput: a chunk runs once all its windows are
+  ready, or earlier, shorter, when the oldest frame has waited
+  ``max_chunk_wait_s`` or the stream ends;
 * the backend generates the k faces at once; the compositor pastes them
   back with a feathered mask over lips and jaw, built from the frame's own
-  landmarks (``engine.compose.landmark_mask``).
+  landmarks (``engine.compose.landmark_mask``), and marks the pasted region
+  with the invisible watermark (``engine.provenance``, README "Disclosure").
 
 Frames without a face pass through unchanged; the generated region fades
 out over ``fade_frames`` when the face is lost (at its last box, with the
@@ -39,33 +44,49 @@ import numpy as np
 
 from engine.audio import MEL_WINDOW, SAMPLE_RATE, MelStream, window_start
 from engine.compose import Compositor
-from engine.face import Box, FaceTracker, crop
-from engine.models import generator_faces
+from engine.face import Box, Face, FaceTracker, crop
+from engine.inputs import generator_faces
+from engine.provenance import EMBED_MASK_LEVEL, embed_watermark, mask_blocks
 from engine.backends import Backend
 
 STAGES = ("tracking", "mel", "generator", "compositing")
+BATCHING = ("ready", "fixed")
+TRACK = object()  # push_video's default: the pipeline tracks the frame itself
 
 
 @dataclass
 class PipelineConfig:
     """Streaming parameters.
 
-    chunk: k, frames per generator call.
-    max_chunk_wait_s: longest a frame waits for its chunk to fill (media time).
+    chunk: k, the most frames per generator call.
+    batching: ``"ready"`` (a frame runs as soon as its mel window is ready,
+        with the others ready then, up to k) or ``"fixed"`` (full chunks of
+        k, for GPU throughput; adds up to (k-1) frame intervals of latency).
+    max_chunk_wait_s: ``fixed`` only: longest a frame waits for its chunk to
+        fill (media time).
     max_audio_wait_s: how long past its lookahead a frame waits for audio
         before it runs with silence.
     fade_frames: frames over which the generated region fades in / out.
     identity_refresh_s: a held identity reference is renewed this often.
     silence_level: a mel window whose loudest bin is below this (normalised
         units, -4 = silence) counts as silent.
+    watermark: mark each generated frame inside its paste mask
+        (:func:`engine.provenance.embed_watermark`; its time counts as compositing).
+    label: text of a visible corner badge drawn on the live outputs
+        (virtual camera, WebRTC: :func:`realtime.sinks.draw_label`); ``None``: no badge.
+    label_corner: ``top-left``, ``top-right``, ``bottom-left`` or ``bottom-right``.
     """
 
     chunk: int = 5
+    batching: str = "ready"
     max_chunk_wait_s: float = 0.2
     max_audio_wait_s: float = 0.3
     fade_frames: int = 4
     identity_refresh_s: float = 10.0
     silence_level: float = -2.5
+    watermark: bool = True
+    label: str | None = None
+    label_corner: str = "top-left"
 
 
 @dataclass
@@ -77,7 +98,8 @@ class OutputFrame:
     frame waited for its chunk and audio; deterministic) + the measured
     compute time of its chunk. generated: the mouth was
     re-rendered (False: passed through). reason: why it passed through
-    (``"no_face"``), or ``None``.
+    (``"no_face"``), or ``None``. box: the face box the mouth was pasted at
+    (frame pixels), or ``None`` (no face): what the live sync gauge crops.
     """
 
     image: np.ndarray
@@ -86,6 +108,7 @@ class OutputFrame:
     wait_s: float
     generated: bool
     reason: str | None = None
+    box: Box | None = None
 
 
 @dataclass
@@ -140,6 +163,8 @@ class Pipeline:
         self.config = config or PipelineConfig()
         if self.config.chunk < 1:
             raise ValueError("chunk must be ≥ 1")
+        if self.config.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, not {self.config.batching!r}")
         self.tracker = tracker or FaceTracker(crop=self.info.crop)
         self.compositor = Compositor(self.info.size)
         self.mel = MelStream()
@@ -158,15 +183,22 @@ class Pipeline:
         self._identity_t = float("-inf")
 
     # -- input -------------------------------------------------------------
-    def push_video(self, frame: np.ndarray, t: float) -> None:
-        """Add a video frame (H×W×3 uint8 RGB) shown at ``t`` seconds; timestamps must increase."""
+    def push_video(self, frame: np.ndarray, t: float, face: Face | None | object = TRACK) -> None:
+        """Add a video frame (H×W×3 uint8 RGB) shown at ``t`` seconds; timestamps must increase.
+
+        ``face``: by default the pipeline tracks the frame itself. A driver
+        that tracks ahead in another thread (``run_file``) passes what
+        ``self.tracker.track(frame, t)`` returned for this frame, called in
+        frame order, and counts that time itself.
+        """
         if t <= self._last_t:
             raise ValueError(f"video timestamps must increase: {t} after {self._last_t}")
         self._last_t = t
         self._clock = max(self._clock, t)
         self.stats.frames_in += 1
         t0 = time.perf_counter()
-        face = self.tracker.track(frame, t)
+        if face is TRACK:
+            face = self.tracker.track(frame, t)
         f = _Frame(frame, t)
         S, fade = self.info.size, 1.0 / max(1, self.config.fade_frames)
         if face is not None:
@@ -247,17 +279,29 @@ class Pipeline:
             self._emit(pending.popleft(), None, 0.0)
             return True
         faces = []
-        for i, f in enumerate(pending):
-            if f.box is not None:
+        if self.config.batching == "ready":  # the frames whose windows are ready now, in order, up to k
+            for i, f in enumerate(pending):
+                if f.box is None:
+                    continue
+                if not self._audio_ready(f):
+                    break
                 faces.append(i)
                 if len(faces) == k:
                     break
-        full = len(faces) == k
-        waited = self._clock - pending[0].t >= self.config.max_chunk_wait_s
-        if not (full or waited or self._video_done):
-            return False
-        if not all(self._audio_ready(pending[i]) for i in faces):
-            return False
+            if not faces:
+                return False
+        else:
+            for i, f in enumerate(pending):
+                if f.box is not None:
+                    faces.append(i)
+                    if len(faces) == k:
+                        break
+            full = len(faces) == k
+            waited = self._clock - pending[0].t >= self.config.max_chunk_wait_s
+            if not (full or waited or self._video_done):
+                return False
+            if not all(self._audio_ready(pending[i]) for i in faces):
+                return False
         frames = [pending.popleft() for _ in range(faces[-1] + 1)]
         self._run_chunk([f for f in frames if f.box is not None], frames)
         return True
@@ -280,6 +324,9 @@ class Pipeline:
         for c, g in zip(chunk, generated):
             results[id(c)] = self.compositor.paste(c.image, c.box, g.transpose(1, 2, 0), c.alpha, c.crop,
                                                    landmarks=c.landmarks)
+            if self.config.watermark and c.landmarks is not None and c.alpha > 0:
+                blocks = mask_blocks(c.landmarks, c.box, c.image.shape, EMBED_MASK_LEVEL / c.alpha)
+                embed_watermark(results[id(c)], blocks, inplace=True)
         t2 = time.perf_counter()
         self.stats.stage_s["compositing"] += t2 - t1
         for f in frames:
@@ -292,7 +339,7 @@ class Pipeline:
     def _emit(self, f: _Frame, image: np.ndarray | None, compute_s: float) -> None:
         wait = max(0.0, self._clock - f.t)
         generated = image is not None
-        out = OutputFrame(image if generated else f.image, f.t, wait + compute_s, wait, generated, f.reason)
+        out = OutputFrame(image if generated else f.image, f.t, wait + compute_s, wait, generated, f.reason, f.box)
         self._out.append(out)
         st = self.stats
         st.frames_out += 1

@@ -26,11 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from engine.audio import SAMPLE_RATE
+from realtime.clock import AudioDelay, MediaClock
+from realtime.gauge import GaugeWorker
 from realtime.pipeline import OutputFrame, Pipeline
-from realtime.sinks import Mp4Sink
+from realtime.sinks import Mp4Sink, draw_label
 from realtime.sources import AudioFileSource, VideoFileSource
 
 log = logging.getLogger("realtime.runner")
+WAKE_S = 0.02  # the inference thread wakes at least this often (s): silence is fed on time
+UNPULLED_S = 1.0  # a captured frame not pulled this long past its due time is forgotten
 
 
 class NoFaceError(ValueError):
@@ -75,21 +79,22 @@ class RunReport:
 
 
 def run_file(pipeline: Pipeline, video: str | Path, audio: AudioFileSource, out: str | Path,
-             progress: bool = True) -> RunReport:
+             progress: bool = True, finish=None) -> RunReport:
     """Lip-sync ``video`` to ``audio`` through ``pipeline`` and write ``out`` (H.264 + AAC mp4).
 
     The video is ping-pong looped to cover the speech; the output ends with
     the speech. The output's audio track is the driving speech.
 
     Raises FileNotFoundError / MediaError for the video; :class:`NoFaceError`
-    (and removes ``out``) when no frame had a face.
+    (and removes ``out``) when no frame had a face. ``finish``: see
+    :class:`~realtime.sinks.Mp4Sink` (signing the complete file).
     """
     from tqdm import tqdm
 
     t_start = time.perf_counter()
     source = VideoFileSource(video, duration=audio.duration)
     out = Path(out)
-    sink = Mp4Sink(out, source.fps, source.width, source.height)
+    sink = Mp4Sink(out, source.fps, source.width, source.height, finish=finish)
     stages = {"decoding": 0.0, "encoding": 0.0}
     bar = tqdm(total=source.frame_count(), unit="frame", desc="lip-sync", disable=not progress, leave=False)
     ok = False
@@ -104,20 +109,19 @@ def run_file(pipeline: Pipeline, video: str | Path, audio: AudioFileSource, out:
             stages["encoding"] += time.perf_counter() - t0
             bar.update(len(frames))
 
-        video_iter = iter(source)
-        while True:
-            t0 = time.perf_counter()
-            item = next(video_iter, None)
-            stages["decoding"] += time.perf_counter() - t0
-            if item is None:
-                break
-            frame, t = item
-            # audio up to this frame's time arrives first, as it would live
-            while pending_audio is not None and pending_audio[1] <= t:
-                pipeline.push_audio(*pending_audio)
-                pending_audio = next(audio_iter, None)
-            pipeline.push_video(frame, t)
-            write(pipeline.pull())
+        tracked = _TrackAhead(source, pipeline.tracker)
+        try:
+            for frame, t, face in tracked:
+                # audio up to this frame's time arrives first, as it would live
+                while pending_audio is not None and pending_audio[1] <= t:
+                    pipeline.push_audio(*pending_audio)
+                    pending_audio = next(audio_iter, None)
+                pipeline.push_video(frame, t, face)
+                write(pipeline.pull())
+        finally:
+            tracked.close()
+        stages["decoding"] += tracked.decoding_s
+        pipeline.stats.stage_s["tracking"] += tracked.tracking_s
         while pending_audio is not None:
             pipeline.push_audio(*pending_audio)
             pending_audio = next(audio_iter, None)
@@ -132,11 +136,7 @@ def run_file(pipeline: Pipeline, video: str | Path, audio: AudioFileSource, out:
     finally:
         bar.close()
         if not ok:
-            try:
-                sink.container.close()
-            except Exception:
-                pass
-            out.unlink(missing_ok=True)
+            sink.abort()
     st = pipeline.stats
     if st.generated == 0:
         out.unlink(missing_ok=True)
@@ -149,58 +149,85 @@ def run_file(pipeline: Pipeline, video: str | Path, audio: AudioFileSource, out:
                      stage_s={**st.stage_s, **stages}, duration=sink.frames / source.fps)
 
 
-# -- live: threads, bounded queues, pacing, drop policy ------------------------------------------
+class _TrackAhead:
+    """Decode and track a video source in a thread, a few frames ahead of generation (``run_file``).
 
-class MediaClock:
-    """The session clock: seconds since it was made (``time.monotonic``); every live timestamp is on it."""
-
-    def __init__(self):
-        self._t0 = time.monotonic()
-
-    def now(self) -> float:
-        return time.monotonic() - self._t0
-
-
-class AudioDelay:
-    """The driving audio stored by timestamp and read back later: the delay line of the audio outputs.
-
-    ``write(samples, t)``: ``[n]`` float32 16 kHz mono whose first sample
-    is at ``t`` seconds (session clock). ``read(t, n)``: ``[n]`` float32
-    from ``t`` on; silence where nothing was written. Keeps ``keep_s``
-    seconds before the latest read. Thread-safe.
+    Iterating gives ``(frame, t, face)`` in frame order, where ``face`` is
+    ``tracker.track(frame, t)`` (MediaPipe runs beside the generator: on 2
+    cores the two overlap). At most ``ahead`` frames wait. An error in the
+    thread is raised by the iteration; :meth:`close` stops the thread.
+    ``decoding_s`` / ``tracking_s``: compute seconds spent in the thread.
     """
 
-    def __init__(self, keep_s: float = 5.0):
-        self._chunks: deque[tuple[int, np.ndarray]] = deque()
-        self._keep = int(keep_s * SAMPLE_RATE)
-        self._lock = threading.Lock()
+    _END = object()
 
-    def write(self, samples: np.ndarray, t: float) -> None:
-        samples = np.asarray(samples, np.float32).reshape(-1).copy()
-        with self._lock:
-            self._chunks.append((int(round(t * SAMPLE_RATE)), samples))
+    def __init__(self, source, tracker, ahead: int = 8):
+        import queue
 
-    def read(self, t: float, n: int) -> np.ndarray:
-        start = int(round(t * SAMPLE_RATE))
-        out = np.zeros(n, np.float32)
-        with self._lock:
-            while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) < start - self._keep:
-                self._chunks.popleft()
-            for s, a in self._chunks:
-                lo, hi = max(s, start), min(s + len(a), start + n)
-                if hi > lo:
-                    out[lo - start: hi - start] = a[lo - s: hi - s]
-        return out
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self.decoding_s = self.tracking_s = 0.0
+        self._thread = threading.Thread(target=self._run, args=(source, tracker), name="dubcam-track", daemon=True)
+        self._thread.start()
 
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, source, tracker) -> None:
+        try:
+            frames = iter(source)
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                item = next(frames, None)
+                t1 = time.perf_counter()
+                self.decoding_s += t1 - t0
+                if item is None:
+                    break
+                face = tracker.track(*item)
+                self.tracking_s += time.perf_counter() - t1
+                if not self._put((*item, face)):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # raised in the consumer
+            self._put(e)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- live: threads, bounded queues, pacing, drop policy ------------------------------------------
 
 def default_latency(pipeline: Pipeline, fps: float = 25.0, compute_s: float = 0.1) -> float:
     """Added latency a live session is scheduled at (s): mel lookahead + chunk filling + ``compute_s``.
 
+    Chunk filling is (k − 1) frame intervals with ``batching="fixed"`` and
+    none with ``"ready"`` (the default: a frame runs once its window is in).
     ``compute_s`` covers audio delivery (a 20 ms block plus device
     buffering), the generator call and compositing; ``realtime bench``
-    measures them and prints the latency this machine needs.
+    measures them and prints the latency this machine needs. When the
+    driving audio pauses, :class:`LiveRunner` feeds silence by each
+    frame's last call, so silence needs nothing more than speech does.
     """
-    return pipeline.info.lookahead_s + (pipeline.config.chunk - 1) / fps + compute_s
+    filling = (pipeline.config.chunk - 1) / fps if pipeline.config.batching == "fixed" else 0.0
+    return pipeline.info.lookahead_s + filling + compute_s
 
 
 @dataclass
@@ -210,12 +237,14 @@ class LiveStats:
     passthrough: frames shown unmodified, by reason: ``no_face``;
     ``dropped`` (never reached the generator: the input queue was full or
     the frame was already past its deadline); ``late`` (generated after its
-    deadline). skipped: frames never shown because the output side was
+    deadline); with a sync gauge, ``sync`` (it judged the sync poor) and
+    ``small_face``. skipped: frames never shown because the output side was
     slower than the capture. latencies: per shown frame, wall time it left −
     its capture time (s). ready: per generated frame, wall time its
     composite was ready − capture time (s). max_queue: most frames ever
     waiting for the generator. silence_s: driving audio filled with silence
-    because none arrived.
+    because none arrived. sync: the sync gauge's latest reading
+    (``realtime.gauge.GaugeReading.as_dict``), or None without a gauge.
     """
 
     frames_in: int = 0
@@ -229,6 +258,7 @@ class LiveStats:
     silence_s: float = 0.0
     first_out: float | None = None
     last_out: float | None = None
+    sync: dict | None = None
 
 
 class LiveRunner:
@@ -241,9 +271,12 @@ class LiveRunner:
     when it is full the oldest is dropped (it will pass through), and a
     frame the worker reaches too late to finish in time (:meth:`_in_time`)
     is dropped unspent, so compute that falls behind never makes latency
-    grow, and what it computes is mostly in time. When no driving audio
-    arrives for ``audio_timeout_s`` the runner feeds silence (the mouth
-    closes) and video keeps flowing.
+    grow, and what it computes is mostly in time. When the driving audio
+    pauses, the runner feeds silence up to now (the mouth closes, on time):
+    as soon as none has arrived for ``audio_timeout_s``, or earlier, at the
+    last call of the oldest frame in the pipeline whose audio is missing
+    (its deadline less one chunk's compute and one wake-up), so that a pause
+    adds no lag beyond the scheduled latency (:meth:`_fill_silence`).
 
     Producers call :meth:`push_video` / :meth:`push_audio` with timestamps
     on ``clock``; consumers call :meth:`next_output` (blocking) or
@@ -252,8 +285,10 @@ class LiveRunner:
     """
 
     def __init__(self, pipeline: Pipeline, clock: MediaClock, latency_s: float | None = None,
-                 max_queue: int | None = None, audio_timeout_s: float = 0.1):
+                 max_queue: int | None = None, audio_timeout_s: float = 0.1, gauge=None):
         self.pipeline = pipeline
+        self.gauge = None if gauge is None else GaugeWorker(gauge)
+        self._fallback = 1.0  # share of the generated mouth the output shows (the gauge's fade)
         self.clock = clock
         self.latency_s = default_latency(pipeline) if latency_s is None else latency_s
         self.max_queue = max_queue or 2 * pipeline.config.chunk
@@ -272,6 +307,7 @@ class LiveRunner:
         self._audio_end: float | None = None  # pushed into the pipeline up to here (s)
         self._audio_received: float | None = None  # handed to the runner up to here (s)
         self._first_t: float | None = None
+        self._pipelined: deque[float] = deque()  # times of the frames in the pipeline, not yet released
         self._ended = self._closed = False
         self._thread = threading.Thread(target=self._work, name="dubcam-inference", daemon=True)
 
@@ -284,6 +320,9 @@ class LiveRunner:
         """A captured frame (H×W×3 uint8 RGB) at ``t`` s; never blocks."""
         with self._cond:
             self.stats.frames_in += 1
+            while self._raw and self._raw[0][0] + self.latency_s + UNPULLED_S < t:  # nobody pulls: bounded
+                self._forget(self._raw.popleft()[0])
+                self.stats.skipped += 1
             self._raw.append((t, frame))
             if self._queued >= self.max_queue:  # drop the oldest waiting frame: it will pass through
                 i = next(i for i, item in enumerate(self._inbox) if item[0] == "v")
@@ -298,6 +337,8 @@ class LiveRunner:
     def push_audio(self, samples: np.ndarray, t: float) -> None:
         """Driving audio (float32 16 kHz mono) whose first sample is at ``t`` s; never blocks, never dropped."""
         self.delay.write(samples, t)
+        if self.gauge is not None:
+            self.gauge.push_audio(samples, t)
         with self._cond:
             end = t + len(samples) / SAMPLE_RATE
             self._audio_received = end if self._audio_received is None else max(self._audio_received, end)
@@ -312,12 +353,12 @@ class LiveRunner:
 
     # -- the inference thread ----------------------------------------------
     def _work(self) -> None:
-        p, L = self.pipeline, self.latency_s
+        p = self.pipeline
         try:
             while True:
                 with self._cond:
                     if not self._inbox and not self._closed:
-                        self._cond.wait(0.02)
+                        self._cond.wait(WAKE_S)
                     if self._closed:
                         return
                     item = self._inbox.popleft() if self._inbox else None
@@ -336,8 +377,9 @@ class LiveRunner:
                         continue
                     if self._first_t is None:
                         self._first_t = t
-                    self._fill_silence(now)
                     p.push_video(item[1], t)
+                    self._pipelined.append(t)
+                    self._fill_silence(now)
                 elif item[0] == "a":
                     samples, t = item[1], item[2]
                     if not self._ended:
@@ -354,6 +396,11 @@ class LiveRunner:
                         p.stats.chunks - chunks)
                     self.chunk_s = took if self.chunk_s == 0 else 0.7 * self.chunk_s + 0.3 * took
                 now = self.clock.now()
+                while self._pipelined and released and self._pipelined[0] <= released[-1].t:
+                    self._pipelined.popleft()
+                if self.gauge is not None:
+                    for f in released:
+                        self.gauge.push_frame(f.t, f.image, f.box)
                 with self._cond:
                     for f in released:
                         if f.t > self._shown_t:
@@ -379,16 +426,29 @@ class LiveRunner:
         return False
 
     def _fill_silence(self, now: float) -> None:
-        """No driving audio for ``audio_timeout_s``: feed silence up to then, so frames need not wait for it."""
+        """The driving audio paused: feed silence up to ``now``, so that frames need not wait for it.
+
+        It has paused when none has arrived for ``audio_timeout_s``, or when
+        the oldest frame in the pipeline whose mel window still lacks audio
+        is at its last call: ``t + latency_s`` less one chunk's compute
+        (:attr:`chunk_s`) and one wake-up of this thread (``WAKE_S``); audio
+        later than that could not have made the frame in time anyway. Audio
+        that arrives for a time already filled is dropped for the mouth (the
+        audio outputs still play it from :attr:`delay`).
+        """
         with self._cond:
             received = self._audio_received
-        if received is not None and (received >= now - self.audio_timeout_s or received > (self._audio_end or 0)):
-            return  # audio is flowing, or some still waits in the inbox
+        if received is not None and received > (self._audio_end or 0):
+            return  # some still waits in the inbox
         start = self._audio_end if self._audio_end is not None else self._first_t
         if start is None:
             return
-        n = int((now - self.audio_timeout_s - start) * SAMPLE_RATE)
-        if n >= SAMPLE_RATE // 50:
+        quiet = now - (received if received is not None else self._first_t) >= self.audio_timeout_s
+        head = self._pipelined[0] if self._pipelined else None
+        last_call = head is not None and start < head + self.pipeline.info.lookahead_s and \
+            now >= head + self.latency_s - self.chunk_s - WAKE_S
+        n = int((now - start) * SAMPLE_RATE)
+        if (quiet or last_call) and n >= SAMPLE_RATE // 100:
             self.pipeline.push_audio(np.zeros(n, np.float32), start)
             self._audio_end = start + n / SAMPLE_RATE
             self.stats.silence_s += n / SAMPLE_RATE
@@ -416,7 +476,11 @@ class LiveRunner:
             out = self._forget(t)
             if out is None:
                 out = OutputFrame(frame, t, now - t, now - t, False, reason)
+            if self.gauge is not None:
+                out = self._apply_gauge(out, frame)
             out.latency_s = now - t
+            if self.pipeline.config.label:
+                out.image = draw_label(out.image, self.pipeline.config.label, self.pipeline.config.label_corner)
             st.first_out = now if st.first_out is None else st.first_out
             st.last_out = now
             st.frames_out += 1
@@ -426,6 +490,24 @@ class LiveRunner:
             else:
                 st.passthrough[out.reason or "passthrough"] = st.passthrough.get(out.reason or "passthrough", 0) + 1
             return out, 0.0
+
+    def _apply_gauge(self, out: OutputFrame, raw: np.ndarray) -> OutputFrame:
+        """The sync gauge's fallback (``realtime.gauge``): fade the generated mouth out over the pipeline's
+        ``fade_frames`` while the gauge says the sync is poor or the face too small, and back in when it
+        recovers; a frame shown without it passes through with the gauge's reason (``sync``, ``small_face``)."""
+        r = self.gauge.reading
+        self.stats.sync = r.as_dict()
+        off = r.state == "passthrough" or (r.state == "no_face" and r.reason != "no face")
+        step = 1.0 / max(1, self.pipeline.config.fade_frames)
+        self._fallback = max(0.0, self._fallback - step) if off else min(1.0, self._fallback + step)
+        if not out.generated or self._fallback >= 1.0:
+            return out
+        if self._fallback <= 0.0:
+            return OutputFrame(raw, out.t, out.latency_s, out.wait_s, False, "sync" if r.state == "passthrough"
+                               else "small_face", out.box)
+        a = self._fallback
+        out.image = (raw.astype(np.float32) * (1 - a) + out.image.astype(np.float32) * a + 0.5).astype(np.uint8)
+        return out
 
     def _forget(self, t: float) -> OutputFrame | None:
         self._shown_t = t
@@ -451,12 +533,14 @@ class LiveRunner:
             return self._ended and not self._raw and not self._inbox
 
     def close(self) -> None:
-        """Stop the inference thread (the pipeline stays open: its owner closes it)."""
+        """Stop the inference thread and the gauge's (the pipeline stays open: its owner closes it)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
+        if self.gauge is not None:
+            self.gauge.close()
 
     def report(self) -> RunReport:
         """The session's figures as a :class:`RunReport` (latency: output − capture, wall clock; fps: output rate)."""
@@ -475,33 +559,6 @@ class LiveRunner:
                          events=events, stage_s=dict(ps.stage_s), duration=seconds)
 
 
-class Paced:
-    """A timestamped source delivered at real-time speed: item ``(x, t)`` leaves at ``clock.now() ≥ start + t``.
-
-    Yields ``(x, start + t)`` (session time). ``start`` defaults to the
-    clock's time at the first item. ``close()`` (from any thread) ends it.
-    """
-
-    def __init__(self, source, clock: MediaClock, start: float | None = None):
-        self.source, self.clock, self.start = source, clock, start
-        self._stop = threading.Event()
-
-    def __iter__(self):
-        for x, t in self.source:
-            if self.start is None:
-                self.start = self.clock.now()
-            wait = self.start + t - self.clock.now()
-            if self._stop.is_set() or (wait > 0 and self._stop.wait(wait)):
-                return
-            yield x, self.start + t
-
-    def close(self) -> None:
-        self._stop.set()
-        close = getattr(self.source, "close", None)
-        if close is not None:
-            close()
-
-
 def _pump(source, push, stop: threading.Event, done: threading.Event | None = None) -> None:
     """Capture thread: every item of ``source`` to ``push`` until it ends or ``stop`` is set."""
     try:
@@ -518,8 +575,9 @@ def _pump(source, push, stop: threading.Event, done: threading.Event | None = No
 
 def run_live(pipeline: Pipeline, video, audio=None, *, sinks=(), audio_sinks=(), clock: MediaClock | None = None,
              latency_s: float | None = None, seconds: float | None = None, stop: threading.Event | None = None,
-             on_frame=None) -> tuple[RunReport, LiveRunner]:
-    """Run a live session until the video ends, ``seconds`` pass, ``stop`` is set, or Ctrl-C.
+             on_frame=None, gauge=None, on_status=None, status_every_s: float = 1.0) -> tuple[RunReport, LiveRunner]:
+    """Run a live session until the video ends, ``seconds`` pass, ``stop`` is set, or Ctrl-C (or SIGTERM,
+    which :func:`realtime.cli.main` raises as a ``KeyboardInterrupt``).
 
     Args:
         video: live video source: iterable of ``(rgb, t)`` on ``clock`` with
@@ -530,13 +588,17 @@ def run_live(pipeline: Pipeline, video, audio=None, *, sinks=(), audio_sinks=(),
         audio_sinks: factories ``f(runner) -> sink`` with ``close()`` (the
             virtual microphone), started once the runner exists.
         on_frame: called with each shown :class:`OutputFrame` (tests, meters).
+        gauge: a :class:`realtime.gauge.SyncGauge` (the live sync gauge and
+            its fallback), or None.
+        on_status: called with the runner every ``status_every_s`` seconds
+            (``realtime cam``'s status line).
 
     Every source, sink and thread is closed on return. Returns the report
     and the runner (its stats).
     """
     clock = clock or MediaClock()
     stop = stop or threading.Event()
-    runner = LiveRunner(pipeline, clock, latency_s).start()
+    runner = LiveRunner(pipeline, clock, latency_s, gauge=gauge).start()
     video_done = threading.Event()
     threads = [threading.Thread(target=_pump, args=(video, runner.push_video, stop, video_done),
                                 name="dubcam-video", daemon=True)]
@@ -544,7 +606,7 @@ def run_live(pipeline: Pipeline, video, audio=None, *, sinks=(), audio_sinks=(),
         threads.append(threading.Thread(target=_pump, args=(audio, runner.push_audio, stop),
                                         name="dubcam-audio", daemon=True))
     opened = []
-    t0 = clock.now()
+    t0 = next_status = clock.now()
     try:
         opened = [make(runner) for make in audio_sinks]
         for th in threads:
@@ -556,6 +618,9 @@ def run_live(pipeline: Pipeline, video, audio=None, *, sinks=(), audio_sinks=(),
                 runner.end()
             if ended and runner.drained:
                 break
+            if on_status is not None and clock.now() >= next_status:
+                next_status = clock.now() + status_every_s
+                on_status(runner)
             out = runner.next_output(0.05)
             if out is None:
                 continue

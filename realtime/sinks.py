@@ -5,6 +5,8 @@
 * :class:`VirtualMicSink`: the driving audio, delayed by the pipeline's
   latency, to an audio output (the virtual microphone of the call).
 * :class:`PreviewSink`: a local window.
+* :func:`draw_label`: the visible disclosure badge (``--label``) that the
+  live runner draws on every frame it hands to the virtual camera and WebRTC.
 
 Every sink has ``write(rgb, t)`` (or plays by itself) and ``close()``. The
 WebRTC output tracks, which pull from the runner, are in
@@ -13,13 +15,47 @@ WebRTC output tracks, which pull from the runner, are in
 
 from __future__ import annotations
 
+import os
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from engine.audio import SAMPLE_RATE
+
+
+LABEL_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def draw_label(frame: np.ndarray, text: str, corner: str = "top-left") -> np.ndarray:
+    """``frame`` with a visible badge ``text`` in a corner: white on a dark box, sized to the frame.
+
+    The disclosure badge of the live outputs (``--label "AI-dubbed"``). The
+    text height is about 1/24 of the frame height (at least 9 px), the
+    margin half of it. ``frame``: H×W×3 uint8 RGB (not changed); returns a
+    new frame. Raises ValueError for an unknown ``corner``
+    (:data:`LABEL_CORNERS`).
+    """
+    import cv2
+
+    if corner not in LABEL_CORNERS:
+        raise ValueError(f"label corner must be one of {', '.join(LABEL_CORNERS)}, not {corner!r}")
+    h, w = frame.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(9, h // 24) / 22.0  # FONT_HERSHEY_SIMPLEX is about 22 px tall at scale 1
+    thick = max(1, round(scale * 2))
+    (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+    pad = max(3, th // 2)
+    bw, bh = tw + 2 * pad, th + base + 2 * pad
+    x = pad if corner.endswith("left") else w - bw - pad
+    y = pad if corner.startswith("top") else h - bh - pad
+    out = frame.copy()
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + bw), min(h, y + bh)
+    out[y0:y1, x0:x1] = (out[y0:y1, x0:x1] * 0.35).astype(np.uint8)  # a see-through dark box
+    cv2.putText(out, text, (x + pad, y + pad + th), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
 
 
 class Mp4Sink:
@@ -31,17 +67,25 @@ class Mp4Sink:
         width, height: frame size; odd sizes are padded by one edge pixel
             (yuv420p needs even sizes).
         crf, preset: libx264 quality and speed.
+        finish: called with the complete file's path before it takes the
+            name ``path`` (e.g. :func:`engine.provenance.sign_file`, which
+            rewrites it in place); an exception there leaves nothing behind.
 
     ``write(frame, t)`` takes H×W×3 uint8 RGB; ``write_audio(samples)`` 16 kHz
     mono float32 in [-1, 1] (appended, starting at t=0); ``close()`` flushes.
+    The file is written as a hidden ``.NAME.part`` beside ``path`` and renamed
+    to ``path`` by ``close()``, so ``path`` only ever holds a whole (signed)
+    file; ``abort()`` drops the part file.
     """
 
     def __init__(self, path: str | Path, fps: float, width: int, height: int, crf: int = 18,
-                 preset: str = "veryfast"):
+                 preset: str = "veryfast", finish: Callable[[Path], None] | None = None):
         import av
 
         self.path = Path(path)
-        self.container = av.open(str(self.path), mode="w", format="mp4")
+        self.part = self.path.with_name(f".{self.path.name}.part")
+        self.finish = finish
+        self.container = av.open(str(self.part), mode="w", format="mp4")
         self.rate = Fraction(fps).limit_denominator(1001)
         self.video = self.container.add_stream("libx264", rate=self.rate)
         self.width, self.height = width + width % 2, height + height % 2
@@ -84,10 +128,25 @@ class Mp4Sink:
             self.container.mux(packet)
 
     def close(self) -> None:
-        for stream in (self.video, self.audio):
-            for packet in stream.encode(None):
-                self.container.mux(packet)
-        self.container.close()
+        try:
+            for stream in (self.video, self.audio):
+                for packet in stream.encode(None):
+                    self.container.mux(packet)
+            self.container.close()
+            if self.finish is not None:
+                self.finish(self.part)
+            os.replace(self.part, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop writing and remove the part file (``path`` is not touched)."""
+        try:
+            self.container.close()
+        except Exception:
+            pass
+        self.part.unlink(missing_ok=True)
 
 
 class VirtualCameraSink:
@@ -132,37 +191,64 @@ class VirtualCameraSink:
 
 
 class VirtualMicSink:
-    """Plays the driving audio, delayed by exactly ``latency_s``, to an output device (the virtual microphone).
+    """Plays the driving audio, delayed by ``latency_s``, to an output device (the virtual microphone).
 
     The device is what the call application takes as its microphone: a
     PulseAudio / PipeWire null sink (its ``.monitor``), VB-Cable,
-    BlackHole. The sample that arrived at ``t`` (session clock) reaches the
-    device at ``t + latency_s``: each callback reads :class:`AudioDelay` at
-    (the time its block leaves the device − ``latency_s``), that time being
-    now + the device's output latency, smoothed by sample count with
-    :class:`realtime.sources.DeviceClock`.
+    BlackHole. The sample that arrived at ``t`` (session clock) is to leave
+    the device at ``t + latency_s``. Timing is the device's own: each
+    callback's ``outputBufferDacTime`` (when its first sample leaves the
+    DAC, PortAudio's stream time) is put on the session clock with the
+    offset ``clock.now() − currentTime`` (the smallest of the last few
+    seconds': a late callback only makes it larger). The read position in
+    :class:`~realtime.clock.AudioDelay` advances by sample count, a jitter
+    buffer that slews rather than jumps: the error between where it is and
+    where the DAC time says it should be (median of the last ``SMOOTH``
+    blocks) is taken out by resampling each block by at most ``MAX_SLEW``
+    (1 %: a pitch change of under a fifth of a semitone), with a time
+    constant of ``SLEW_TAU_S``; only an error over ``JUMP_S`` in the median
+    of the last ``CONFIRM`` blocks (the start, the gap of an underflow, a
+    stalled machine; not one odd DAC time) is corrected at once, and
+    counted (``jumps``). ``error_s``: the last smoothed error (s, + = late);
+    ``underflows``: blocks the device reported an underflow for.
 
     Args:
-        delay: the runner's :class:`realtime.runner.AudioDelay`.
+        delay: the runner's :class:`realtime.clock.AudioDelay`.
         clock: the session clock.
+        latency_s: the scheduled delay (s).
         device: see :func:`realtime.devices.audio_device` (default: the
             default output).
+        block_s: callback block (s).
+        device_latency_s: output buffering to ask PortAudio for (s); the
+            DAC time makes up for whatever it grants, as long as it is below
+            ``latency_s`` less the time the driving audio takes to arrive.
     Raises DeviceError when the device cannot be opened.
     """
 
-    def __init__(self, delay, clock, latency_s: float, device: str | int | None = None, block_s: float = 0.02):
+    SMOOTH = 25
+    MAX_SLEW = 0.01
+    SLEW_TAU_S = 1.0
+    JUMP_S = 0.03
+    CONFIRM = 5
+
+    def __init__(self, delay, clock, latency_s: float, device: str | int | None = None, block_s: float = 0.02,
+                 device_latency_s: float = 0.1):
+        from collections import deque
+
         from realtime.devices import DeviceError, audio_device, environment, sounddevice
 
         sd = sounddevice()
-        from realtime.sources import DeviceClock
-
         self.delay, self.clock, self.latency_s = delay, clock, latency_s
-        self._stamp = DeviceClock()
+        self._offsets: deque[float] = deque(maxlen=250)
+        self._errors: deque[float] = deque(maxlen=self.SMOOTH)
+        self._pos: float | None = None  # sample index (session time × 16 kHz) of the next sample to play
+        self.jumps = self.underflows = 0
+        self.error_s = 0.0
         index, env = audio_device(device, "output")
         try:
             with environment(env):
                 self.stream = sd.OutputStream(device=index, samplerate=SAMPLE_RATE, channels=1, dtype="float32",
-                                              blocksize=int(block_s * SAMPLE_RATE), latency=0.1,
+                                              blocksize=int(block_s * SAMPLE_RATE), latency=device_latency_s,
                                               callback=self._callback)
             self.output_latency = float(self.stream.latency)
             self.stream.start()
@@ -171,11 +257,33 @@ class VirtualMicSink:
                               f"{e}") from e
 
     def _callback(self, outdata, frames, time_info, status) -> None:
-        lead = time_info.outputBufferDacTime - time_info.currentTime
-        if not 0 < lead < 1:  # the host API does not say: use the stream's nominal latency
-            lead = self.output_latency
-        t_out = self._stamp.stamp(frames, self.clock.now() + lead, lost=bool(status.output_underflow))
-        outdata[:, 0] = self.delay.read(t_out - self.latency_s, frames)
+        now = self.clock.now()
+        offset = now - time_info.currentTime
+        if self._offsets and abs(offset - min(self._offsets)) > 1.0:  # the stream's time base changed: start over
+            self._offsets.clear()
+        self._offsets.append(offset)
+        dac = time_info.outputBufferDacTime  # = currentTime when the buffer ran dry (an underflow)
+        if not dac or not 0 <= dac - time_info.currentTime < 1:  # the host API does not say: nominal latency
+            dac = time_info.currentTime + self.output_latency
+        target = (dac + min(self._offsets) - self.latency_s) * SAMPLE_RATE
+        if status.output_underflow:
+            self.underflows += 1
+        if self._pos is None:
+            self._pos = target
+        self._errors.append(target - self._pos)
+        if abs(np.median(list(self._errors)[-self.CONFIRM:])) > self.JUMP_S * SAMPLE_RATE:
+            self.jumps += 1  # off by more than the slew can take back soon, several blocks in a row: re-anchor
+            self._pos = target
+            self._errors.clear()
+            self._errors.append(0.0)
+        error = float(np.median(self._errors))
+        self.error_s = error / SAMPLE_RATE
+        step = 1.0 + float(np.clip(error / (self.SLEW_TAU_S * SAMPLE_RATE), -self.MAX_SLEW, self.MAX_SLEW))
+        start = int(np.floor(self._pos))
+        x = self._pos - start + step * np.arange(frames)
+        src = self.delay.read(start / SAMPLE_RATE, int(x[-1]) + 2)
+        outdata[:, 0] = np.interp(x, np.arange(len(src)), src)
+        self._pos += step * frames
 
     def close(self) -> None:
         try:
@@ -188,12 +296,14 @@ class VirtualMicSink:
 class PreviewSink:
     """A local window showing the output (OpenCV); closing it or pressing q sets ``stop``.
 
-    Raises DeviceError when there is no display or no OpenCV GUI.
+    Raises DeviceError when there is no display or no OpenCV GUI (see
+    :meth:`check`).
     """
 
     def __init__(self, stop, title: str = "dubcam"):
         from realtime.devices import DeviceError
 
+        self.check()
         try:
             import cv2
 
@@ -201,6 +311,20 @@ class PreviewSink:
         except Exception as e:
             raise DeviceError(f"--preview needs a display and OpenCV with a GUI: {str(e).splitlines()[0]}") from e
         self.cv2, self.title, self.stop = cv2, title, stop
+
+    @staticmethod
+    def check() -> None:
+        """DeviceError unless a window can be shown: on Linux an X11 or Wayland display must be set.
+
+        Checked before OpenCV's GUI is touched: its Qt back-end aborts the
+        process (SIGABRT) when it finds no display, which no ``except`` catches.
+        """
+        from realtime.devices import DeviceError
+
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                                                     or os.environ.get("QT_QPA_PLATFORM")):
+            raise DeviceError("--preview needs a display and OpenCV with a GUI: no display (DISPLAY and "
+                              "WAYLAND_DISPLAY are unset); run it in a desktop session, or leave --preview out")
 
     def write(self, frame: np.ndarray, t: float) -> None:
         self.cv2.imshow(self.title, frame[:, :, ::-1])

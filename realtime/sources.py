@@ -11,7 +11,7 @@ yield ``(rgb uint8 H×W×3, t seconds)``, audio sources
 * :func:`speak`: text → speech with a TTS engine (espeak-ng).
 
 Live sources stamp items with the session clock
-(:class:`realtime.runner.MediaClock`) and end when ``close()`` is called
+(:class:`realtime.clock.MediaClock`) and end when ``close()`` is called
 from any thread: :class:`CameraSource`, :class:`MicrophoneSource`,
 :class:`TcpPcmSource`, ``text:`` and files played at real-time speed
 (:func:`open_audio_source`, :func:`open_video_source`). The WebRTC
@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from engine.audio import SAMPLE_RATE, AudioError, load_audio
 from engine.media import probe_video, read_frames
+from realtime.clock import DeviceClock, StreamClock
 
 
 class _FrameStore:
@@ -156,66 +156,6 @@ def speak(text: str, out_wav: str | Path, voice: str = "en", words_per_minute: i
 
 
 # -- live sources: timestamps on the session clock, close() from any thread ends them ---------------
-
-class StreamClock:
-    """Timestamps for a stream of audio blocks that arrive in real time.
-
-    ``stamp(n, t_first)`` → the time of the block's first sample. It
-    continues by sample count while the stream keeps pace (no jitter), and
-    re-anchors to the measured ``t_first`` when the two differ by more than
-    ``tolerance_s`` (a gap; or drift, unless ``forward_only``: a network
-    sender that runs ahead keeps its sample-count times and is throttled by
-    its reader instead, so no audio overlaps).
-    """
-
-    def __init__(self, tolerance_s: float = 0.05, forward_only: bool = False):
-        self.tolerance_s, self.forward_only = tolerance_s, forward_only
-        self.next: float | None = None
-
-    def stamp(self, n: int, t_first: float) -> float:
-        if self.next is None or t_first - self.next > self.tolerance_s or (
-                not self.forward_only and self.next - t_first > self.tolerance_s):
-            self.next = t_first
-        t = self.next
-        self.next += n / SAMPLE_RATE
-        return t
-
-
-class DeviceClock:
-    """Times of the blocks of an audio device stream (a microphone's or an output's), from its callbacks.
-
-    ``stamp(n, t_seen, lost=False)`` → the time of the block's first sample.
-    ``t_seen`` is that time as measured in the callback (input: when it
-    reached the device; output: when it will leave it, if the callback is on
-    time). A callback that runs late (a loaded machine) measures a later
-    time, never an earlier one, so the stamp is the sample count anchored to
-    the *earliest* ``t_seen − count / 16 kHz`` of the last ``window`` blocks:
-    smooth and not thrown by a late callback. When the last ``recent``
-    blocks all measure over ``shift_s`` later than that (samples were lost
-    or the clocks drifted), when ``lost`` is set (the device reported an
-    overflow / underflow), or on a jump over ``reset_s``, it re-anchors.
-    """
-
-    def __init__(self, window: int = 100, recent: int = 5, shift_s: float = 0.03, reset_s: float = 0.5):
-        self.window, self.recent, self.shift_s, self.reset_s = window, recent, shift_s, reset_s
-        self._offsets: deque[float] = deque(maxlen=window)
-        self._count = 0
-        self.resets = 0
-
-    def stamp(self, n: int, t_seen: float, lost: bool = False) -> float:
-        offset = t_seen - self._count / SAMPLE_RATE
-        if self._offsets and (lost or abs(offset - min(self._offsets)) > self.reset_s):
-            self._offsets.clear()
-            self.resets += 1
-        self._offsets.append(offset)
-        recent = list(self._offsets)[-self.recent:]
-        if len(self._offsets) > self.recent and min(recent) - min(self._offsets) > self.shift_s:
-            self._offsets = deque(recent, maxlen=self.window)
-            self.resets += 1
-        t = min(self._offsets) + self._count / SAMPLE_RATE
-        self._count += n
-        return t
-
 
 class CameraSource:
     """Frames of a camera: yields ``(rgb uint8 H×W×3, t)`` with ``t`` the capture time on ``clock``.
@@ -368,19 +308,28 @@ class TcpPcmSource:
     """Driving audio from the network: raw 16 kHz mono s16le PCM sent to a TCP port (a translation system).
 
     Listens on ``host:port`` (``port=0``: any free port, see ``address``);
-    one sender at a time, the next may connect when it leaves. Yields
-    ``(float32 [n], t)`` with ``t`` on ``clock``: blocks follow each other by
-    sample count; a pause re-anchors to the arrival time; a sender faster
-    than real time is read at real-time speed (TCP holds it back). Raises
-    DeviceError when the port cannot be bound.
+    loopback by default. With a ``token`` (required off loopback) a sender
+    first sends the token and a newline, then the PCM; a sender that does
+    not within ``TOKEN_WAIT_S`` is dropped. One sender at a time, the next
+    may connect when it leaves. Yields ``(float32 [n], t)`` with ``t`` on
+    ``clock``: blocks follow each other by sample count; a pause re-anchors
+    to the arrival time; a sender faster than real time is read at
+    real-time speed (TCP holds it back). Raises ValueError off loopback
+    without a token, DeviceError when the port cannot be bound.
     """
 
-    def __init__(self, clock, host: str = "127.0.0.1", port: int = 5005, block_s: float = 0.02):
+    TOKEN_WAIT_S = 2.0
+
+    def __init__(self, clock, host: str = "127.0.0.1", port: int = 5005, block_s: float = 0.02,
+                 token: str | None = None):
         import socket
 
-        from realtime.devices import DeviceError
+        from realtime.devices import DeviceError, is_loopback
 
-        self.clock = clock
+        if not token and not is_loopback(host):
+            raise ValueError(f"tcp://{host}:{port} is reachable from other machines: it needs a token, "
+                             f"tcp://{host}:{port}?token=SECRET (senders send SECRET and a newline first)")
+        self.clock, self.token = clock, token
         self.block = 2 * int(block_s * SAMPLE_RATE)
         self._closed = False
         try:
@@ -401,8 +350,11 @@ class TcpPcmSource:
                 continue
             except OSError:
                 return
-            stamp, pending = StreamClock(forward_only=True), b""
+            stamp = StreamClock(forward_only=True)
             with conn:
+                pending = self._authorise(conn)
+                if pending is None:
+                    continue
                 conn.settimeout(0.2)
                 while not self._closed:
                     try:
@@ -423,6 +375,33 @@ class TcpPcmSource:
                         time.sleep(ahead - 0.2)
                     yield samples, t
 
+    def _authorise(self, conn) -> bytes | None:
+        """b"" when the sender may send (its token line read, byte by byte: none of its PCM); None if refused."""
+        import hmac
+        import logging
+        import socket
+        import time
+
+        if not self.token:
+            return b""
+        data, deadline = b"", time.monotonic() + self.TOKEN_WAIT_S
+        while b"\n" not in data and len(data) <= 256 and time.monotonic() < deadline and not self._closed:
+            conn.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
+            try:
+                got = conn.recv(1)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not got:
+                break
+            data += got
+        line, newline, _ = data.partition(b"\n")
+        if newline and hmac.compare_digest(line.strip(), self.token.encode()):
+            return b""
+        logging.getLogger("realtime.sources").warning("audio sender refused: wrong or missing token")
+        return None
+
     def close(self) -> None:
         self._closed = True
         self._server.close()
@@ -432,7 +411,7 @@ class _TextSpeech:
     """``text:`` driving audio: espeak-ng speaks it once into a temporary wav, played at real-time speed."""
 
     def __init__(self, text: str, clock, voice: str = "en"):
-        from realtime.runner import Paced
+        from realtime.clock import Paced
 
         self._tmp = tempfile.TemporaryDirectory()
         wav = speak(text, Path(self._tmp.name) / "speech.wav", voice=voice)
@@ -450,20 +429,29 @@ def open_audio_source(spec: str, clock, voice: str = "en"):
     """A live driving-audio source from a command-line ``--audio-source``.
 
     ``mic`` or ``mic:DEVICE``: a microphone / PulseAudio source;
-    ``tcp://HOST:PORT``: raw 16 kHz s16le PCM sent to that port;
+    ``tcp://HOST:PORT[?token=SECRET]``: raw 16 kHz s16le PCM sent to that
+    port (HOST empty: loopback; off loopback a token is required);
     ``text:WORDS``: spoken by espeak-ng; anything else: an audio (or video)
     file, played once at real-time speed. Raises DeviceError,
     FileNotFoundError, AudioError.
     """
-    from realtime.runner import Paced
+    from realtime.clock import Paced
 
     if spec == "mic" or spec.startswith("mic:"):
         return MicrophoneSource(clock, spec[4:] or None)
     if spec.startswith("tcp://"):
-        host, _, port = spec[6:].rpartition(":")
-        if not port.isdigit():
-            raise ValueError(f"--audio-source {spec}: expected tcp://HOST:PORT")
-        return TcpPcmSource(clock, host.strip("[]") or "127.0.0.1", int(port))
+        from urllib.parse import parse_qs, urlsplit
+
+        url = urlsplit(spec)
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+        query = parse_qs(url.query)
+        if port is None or set(query) - {"token"}:
+            raise ValueError(f"--audio-source {spec}: expected tcp://HOST:PORT or tcp://HOST:PORT?token=SECRET "
+                             "(port 0–65535)")
+        return TcpPcmSource(clock, url.hostname or "127.0.0.1", port, token=query.get("token", [None])[0])
     if spec.startswith("text:"):
         return _TextSpeech(spec[5:], clock, voice)
     return Paced(AudioFileSource(spec), clock)
@@ -477,7 +465,7 @@ def open_video_source(spec: str, clock, size: tuple[int, int] | None = (640, 480
     in for a camera (ping-pong looped for ``seconds``, or an hour), delivered
     at real-time speed. Raises DeviceError / MediaError.
     """
-    from realtime.runner import Paced
+    from realtime.clock import Paced
 
     if Path(spec).is_file():
         source = VideoFileSource(spec, duration=seconds or 3600.0)

@@ -84,7 +84,7 @@ def small_generator():
 
 @pytest.fixture(scope="session")
 def small_checkpoint(small_generator, tmp_path_factory) -> Path:
-    from engine.checkpoints import save_generator
+    from engine.models.generator import save_generator
 
     path = tmp_path_factory.mktemp("ckpt") / "small_generator.pt"
     save_generator(small_generator, path, {"note": "random weights for tests"})

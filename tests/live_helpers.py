@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tools import pulse
 
 
 class SlowBackend:
@@ -25,48 +23,13 @@ class SlowBackend:
         return self.inner.run(faces, mels)
 
 
-class PulseServer:
-    """A PulseAudio server in user space (no sound card needed), for the duration of a test.
-
-    The graph: a stereo null sink ``rig``; whatever is played to ``feed``
-    lands on its left channel and is what the microphone ``mic`` hears;
-    whatever is played to ``vmic`` (the virtual microphone) lands on its
-    right channel. Recording ``rig.monitor`` gives both on one clock.
-    """
-
-    MODULES = [
-        "module-null-sink sink_name=rig channels=2 channel_map=front-left,front-right rate=16000",
-        "module-remap-sink sink_name=feed master=rig channels=1 master_channel_map=front-left channel_map=mono "
-        "remix=no",
-        "module-remap-sink sink_name=vmic master=rig channels=1 master_channel_map=front-right channel_map=mono "
-        "remix=no",
-        "module-remap-source source_name=mic master=rig.monitor channels=1 master_channel_map=front-left "
-        "channel_map=mono remix=no",
-    ]
+class PulseServer(pulse.PulseServer):
+    """:class:`tools.pulse.PulseServer`, skipping the test (with the reason) where PulseAudio is not installed."""
 
     def __init__(self):
-        if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
-            pytest.skip(reason="pulseaudio is not installed (apt install pulseaudio pulseaudio-utils libasound2-plugins); "
-                        ".ci/run installs it")
-        self.dir = tempfile.mkdtemp(prefix="pa", dir="/tmp")  # short: the socket path has a length limit
-        self.env = {**os.environ, "XDG_RUNTIME_DIR": self.dir, "HOME": self.dir}
-        subprocess.run(["pulseaudio", "--daemonize=yes", "--exit-idle-time=-1", "-n",
-                        "--load=module-native-protocol-unix auth-anonymous=1"], env=self.env, check=True,
-                       capture_output=True, timeout=30)
-        for _ in range(50):
-            if subprocess.run(["pactl", "info"], env=self.env, capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        for module in self.MODULES:
-            subprocess.run(["pactl", "load-module", *module.split()], env=self.env, check=True, capture_output=True)
-
-    def stop(self):
-        subprocess.run(["pulseaudio", "--kill"], env=self.env, capture_output=True, timeout=30)
-        for _ in range(100):  # it is gone (else it writes into its folder while that is removed)
-            if subprocess.run(["pulseaudio", "--check"], env=self.env, capture_output=True).returncode != 0:
-                break
-            time.sleep(0.1)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not pulse.available():
+            pytest.skip(reason=pulse.MISSING)
+        super().__init__()
 
 
 def write_y4m_and_wav(video: Path, y4m: Path, wav: Path, seconds: float | None = None):

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from conftest import data_file
-from engine.face import ASSETS, FaceTracker
-from realtime.cli import DEFAULT_CHECKPOINT
+from engine.bundled import ASSETS
+from engine.face import FaceTracker
+from engine.bundled import GENERATOR as DEFAULT_CHECKPOINT
 
 pytestmark = pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="no bundled generator.pt in engine/assets")
 
@@ -53,7 +54,7 @@ def run_pipeline(frames, audio):
 
 
 def test_bundled_model_card_and_kind():
-    from engine.checkpoints import load_generator
+    from engine.models import load as load_generator
 
     g = load_generator(DEFAULT_CHECKPOINT)
     assert g.info.kind == "dubcam" and g.info.size == 96
@@ -81,7 +82,7 @@ def test_mouth_follows_the_speech_on_an_unseen_speaker():
 
 def test_demo_command(tmp_path):
     from test_cli import probe, speech_seconds
-    from realtime.cli import DEMO_SPEECH
+    from engine.bundled import DEMO_SPEECH
 
     out = tmp_path / "demo.mp4"
     proc = subprocess.run([sys.executable, "-m", "realtime.cli", "demo", "--out", str(out), "-q"],
@@ -98,7 +99,7 @@ def test_bundled_lip_expert_is_the_generators_frozen_audio_encoder():
     """Paper 3.2: the bundled generator's audio encoder is the bundled lip expert's, unchanged by training;
     the expert's confidence is higher on a real clip with its own speech than with the speech 0.4 s late."""
     from engine.audio import load_audio
-    from engine.checkpoints import load_generator
+    from engine.models import load as load_generator
     from engine.face import track_landmarks
     from engine.media import read_frames
     from engine.metrics import expert_crops, expert_sync

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.face import ASSETS
+from engine.bundled import ASSETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -139,3 +139,94 @@ def test_help_explains():
     proc = realtime("run", "--help")
     assert "ping-pong" in proc.stdout or "looped back and forth" in proc.stdout
     assert "--text" in proc.stdout and "--backend" in proc.stdout
+
+
+def test_option_errors_come_before_the_model_loads(tmp_path):
+    """Bad serve options: one ``error:`` line, exit 2, no traceback, and the (missing) model is never read."""
+    import socket
+
+    missing = tmp_path / "never_read.pt"
+    taken = socket.create_server(("127.0.0.1", 0))
+    busy = taken.getsockname()[1]
+    cases = {
+        "port": (["--port", "99999"], "port number 1–65535"),
+        "sessions": (["--max-sessions", "0"], "--max-sessions: expected an integer ≥ 1"),
+        "empty token": (["--host", "0.0.0.0", "--token="], "--token is empty"),
+        "port in use": (["--port", busy], f"cannot listen on 127.0.0.1:{busy}"),
+    }
+    try:
+        for name, (args, expected) in cases.items():
+            proc = realtime("serve", "--webrtc", *args, "--checkpoint", missing, check=False)
+            lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+            assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], (name, proc.stderr)
+            assert "Traceback" not in proc.stderr and "service on" not in proc.stdout, name
+    finally:
+        taken.close()
+
+
+def test_verbose_after_the_sub_command():
+    proc = realtime("devices", "-v")
+    assert proc.returncode == 0 and "inference" in proc.stdout
+
+
+def test_preview_without_a_display_is_one_line_not_a_qt_abort(small_checkpoint):
+    """OpenCV's Qt aborts the process (exit 134) without a display: the display is checked before Qt is touched."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    proc = subprocess.run([*REALTIME, "cam", "--camera", str(data_file("video/grid_bbaf2n.mpg")), "--audio-source",
+                           str(data_file("audio/cmuarctic_a0007.wav")), "--no-virtual-camera", "--preview",
+                           "--checkpoint", str(small_checkpoint)], capture_output=True, text=True, timeout=600,
+                          env=env)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("realtime:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "--preview needs a display" in lines[0], proc.stderr
+
+
+def _start(args: list[str], ready: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start ``realtime ARGS`` and read its stdout until a line contains ``ready``; (process, lines read)."""
+    proc = subprocess.Popen([*REALTIME, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if ready in line:
+            return proc, lines
+    proc.wait(timeout=60)
+    raise AssertionError(f"realtime {' '.join(map(str, args))} never said {ready!r}:\n{proc.stderr.read()[-3000:]}")
+
+
+def test_sigterm_stops_a_live_session_cleanly(small_checkpoint):
+    """SIGTERM mid-session: the session ends as Ctrl-C ends it (devices released, report printed), exit 0."""
+    import signal
+    import time
+
+    proc, _ = _start(["cam", "--camera", data_file("video/grid_bbaf2n.mpg"), "--audio-source",
+                      data_file("audio/librivox_ss01_0890.wav"), "--no-virtual-camera", "--seconds", "60",
+                      "--checkpoint", small_checkpoint], "Ctrl-C stops")
+    time.sleep(2.0)  # frames flow
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped; every device released" in out and "added latency" in out and "Traceback" not in err
+
+
+def test_serve_without_a_token_off_loopback_only_when_asked(small_checkpoint):
+    """``--no-token`` off loopback starts the service with a warning; SIGTERM stops it cleanly (exit 0)."""
+    import signal
+    import socket
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    proc, lines = _start(["serve", "--webrtc", "--host", "0.0.0.0", "--port", port, "--no-token", "--checkpoint",
+                          small_checkpoint], "service on")
+    assert "token=" not in "".join(lines)
+    for _ in range(600):  # "service on" comes just before aiohttp binds and takes over SIGTERM: wait for that
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "warning: --no-token" in err and "Traceback" not in err

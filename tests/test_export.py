@@ -12,7 +12,8 @@ from engine import backends
 from engine.backends import BackendError, example_inputs, max_diff
 from engine.backends.onnx_backend import OnnxBackend, export_onnx
 from engine.backends.tensorrt_backend import check_build, unavailable_reason
-from engine.checkpoints import load_generator, save_generator
+from engine.models import load as load_generator
+from engine.models.generator import save_generator
 from engine.models.generator import Generator, GeneratorConfig
 from tools import export_trt
 

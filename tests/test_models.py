@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from conftest import wav2lip_file
-from engine.checkpoints import CheckpointError, load_generator, save_generator
+from engine.checkpoints import CheckpointError
+from engine.models import load as load_generator
+from engine.models.generator import save_generator
 from engine.models.generator import Generator, GeneratorConfig
 from engine.models.wav2lip import Wav2Lip
 

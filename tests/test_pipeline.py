@@ -42,18 +42,25 @@ def feed(p, frames, audio, fps=25.0, audio_piece=320):
     return out
 
 
-def test_every_frame_comes_out_in_order_once_its_audio_has_arrived(pipeline, grid_frames):
+@pytest.mark.parametrize("batching", ["ready", "fixed"])
+def test_every_frame_comes_out_in_order_once_its_audio_has_arrived(small_generator, grid_frames, batching):
     frames, audio = grid_frames
+    pipeline = Pipeline(backends.load(small_generator, "onnxruntime"), PipelineConfig(chunk=5, batching=batching))
     out = feed(pipeline, frames, audio)
+    pipeline.close()
     assert [f.t for f, _ in out] == [i / 25 for i in range(len(frames))]
     assert all(f.generated for f, _ in out)
     lookahead = pipeline.info.lookahead_s
     for f, audio_t in out[:-10]:  # before the end of the stream, windows wait for their audio
         assert audio_t >= f.t + lookahead - 1 / 25
-    assert pipeline.stats.chunks == 15 and pipeline.stats.passthrough == 0
-    # media-time wait: the lookahead, plus up to 4 frames of chunk filling
-    waits = [f.wait_s for f, _ in out[:-5]]  # the last chunk leaves at the end of the stream
-    assert min(waits) >= lookahead - 1 / 25 and max(waits) <= lookahead + 4 / 25 + 1 / 25
+    assert pipeline.stats.passthrough == 0
+    waits = [f.wait_s for f, _ in out[:-5]]  # the last frames leave at the end of the stream
+    if batching == "fixed":  # media-time wait: the lookahead, plus up to 4 frames of chunk filling
+        assert pipeline.stats.chunks == 15
+        assert min(waits) >= lookahead - 1 / 25 and max(waits) <= lookahead + 4 / 25 + 1 / 25
+    else:  # k is a cap, not a wait: each frame leaves once its window's audio is in (20 ms audio pieces)
+        assert pipeline.stats.chunks > 15 * 3
+        assert min(waits) >= lookahead - 1 / 25 and max(waits) <= lookahead + 0.02 + 1e-6
     assert all(f.latency_s >= f.wait_s for f, _ in out)
     # only the mouth region changed: nothing above the nose tip (the frame's own landmark mask)
     diff = np.abs(out[30][0].image.astype(int) - frames[30]).sum(axis=2) > 0
@@ -91,13 +98,25 @@ def test_missing_audio_does_not_hold_video_back(pipeline, grid_frames):
         released += pipeline.pull()
     # no audio at all: frames still leave, with bounded latency, mouth closed on silence
     assert len(released) >= 40 - 20
-    bound = pipeline.info.lookahead_s + pipeline.config.max_audio_wait_s + 5 / 25  # + chunk filling
+    bound = pipeline.info.lookahead_s + pipeline.config.max_audio_wait_s + 1 / 25
     assert max(f.wait_s for f in released) <= bound
     assert pipeline.stats.events["audio_late"] >= len(released)
 
 
-def test_short_last_chunk_and_timestamp_errors(pipeline, grid_frames):
+def test_ready_frames_are_batched_up_to_k(pipeline, grid_frames):
     frames, audio = grid_frames
+    pipeline.push_audio(audio[: 15 * 640], 0.0)  # audio ahead of video (a file): every window is ready
+    for i in range(12):
+        pipeline.push_video(frames[i], i / 25)
+    out = pipeline.pull()
+    assert len(out) == 12 and pipeline.stats.chunks == 3  # 5 + 5 + 2: batches of at most k
+    with pytest.raises(ValueError, match="batching"):
+        Pipeline(pipeline.backend, PipelineConfig(batching="greedy"))
+
+
+def test_short_last_chunk_and_timestamp_errors(small_generator, grid_frames):
+    frames, audio = grid_frames
+    pipeline = Pipeline(backends.load(small_generator, "onnxruntime"), PipelineConfig(chunk=5, batching="fixed"))
     out = feed(pipeline, frames[:7], audio[: 7 * 640])
     assert len(out) == 7 and pipeline.stats.chunks == 2
     with pytest.raises(ValueError, match="increase"):
@@ -116,3 +135,30 @@ def test_wav2lip_style_model_uses_the_current_frame_as_identity(tmp_path, grid_f
         p.close()
     assert len(out) == 10 and all(f.generated for f, _ in out)
     assert p.info.mel_offset_s == 0.0
+
+
+def test_file_driver_tracks_ahead_in_order_and_raises_source_errors(grid_frames):
+    from engine.face import FaceTracker
+    from realtime.runner import _TrackAhead
+
+    frames, _ = grid_frames
+    items = [(f, i / 25) for i, f in enumerate(frames[:12])]
+    with FaceTracker() as inline:
+        expected = [inline.track(f, t).box for f, t in items]
+    with FaceTracker() as tracker:
+        ahead = _TrackAhead(items, tracker, ahead=2)
+        got = list(ahead)
+        ahead.close()
+    assert [t for _, t, _ in got] == [t for _, t in items]
+    assert [face.box for _, _, face in got] == expected  # the same smoothing, frame by frame
+    assert ahead.tracking_s > 0
+
+    def broken():
+        yield frames[0], 0.0
+        raise OSError("truncated")
+
+    with FaceTracker() as tracker:
+        ahead = _TrackAhead(broken(), tracker)
+        with pytest.raises(OSError, match="truncated"):
+            list(ahead)
+        ahead.close()

@@ -1,7 +1,7 @@
 """Drives `realtime serve --webrtc` from headless Chromium; run by test_webrtc_browser.py inside `unshare -n`.
 
-Starts the service (with aioice allowed to offer 127.0.0.1: the only
-interface of the namespace) and Chromium with fake camera and microphone
+Starts the service (bound to loopback, it offers 127.0.0.1 as its ICE
+candidate: the only interface of the namespace) and Chromium with fake camera and microphone
 files, opens the page with ``?autostart=1``, and talks to the page through
 the Chrome DevTools Protocol (a small client over aiohttp's websocket):
 it waits until the page has received ``--seconds`` of video, grabs received
@@ -24,8 +24,6 @@ from pathlib import Path
 
 import aiohttp
 
-SERVER = ("import aioice.ice, sys; aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ['127.0.0.1']; "
-          "from realtime.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def free_port() -> int:
@@ -115,7 +113,7 @@ def main() -> int:
     procs = []
     with tempfile.TemporaryDirectory() as profile:
         try:
-            server = subprocess.Popen([sys.executable, "-c", SERVER, "serve", "--webrtc", "--port", str(port),
+            server = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--webrtc", "--port", str(port),
                                        "--checkpoint", args.checkpoint, "--latency", "0.8"],
                                       stdout=open(Path(args.out) / "server.log", "w"), stderr=subprocess.STDOUT)
             procs.append(server)

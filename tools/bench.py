@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.backends import example_inputs  # noqa: E402
-from engine.face import ASSETS  # noqa: E402
+from engine.bundled import ASSETS  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_VIDEO = SHARED / "video" / "grid_bbaf2n.mpg"
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(args) -> tuple[torch.nn.Module, str]:
     """The model to bench and a line saying what it is."""
-    from engine.checkpoints import load_generator
+    from engine.models import load as load_generator
     from engine.models.generator import Generator, GeneratorConfig
 
     path = args.checkpoint or (ASSETS / "generator.pt")

@@ -40,6 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from engine.audio import AudioError, load_audio
+from engine.bundled import LIP_EXPERT as BUNDLED_EXPERT
 from engine.checkpoints import CheckpointError, describe, safe_load
 from engine.face import track_landmarks
 from engine.media import MediaError, probe_video, read_frames_at
@@ -47,8 +48,6 @@ from engine.metrics import expert_crops, expert_sync
 from engine.models.syncnet import SyncNetColor
 
 FPS = 25.0
-BUNDLED_EXPERT = Path(__file__).resolve().parents[1] / "engine" / "assets" / "lip_expert.pth"
-"""The bundled lip expert (trained by ``python -m train.syncnet``); may not exist yet."""
 EXPERT_KIND = "a Wav2Lip lip-sync expert"
 
 

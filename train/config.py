@@ -70,6 +70,10 @@ class LossConfig:
     sync_start: int = _f(0, "first step with the sync loss", min=0)
     grad: float = _f(0.0, "L1 of the image gradients of the lower half (sharp edges; 0 in the paper's recipe)",
                      min=0)
+    opening: float = _f(0.0, "mouth opening of fake vs real frames per frame, read by weights.opening "
+                             "(train.losses.OpeningLoss; 0: off, as in the paper)", min=0)
+    opening_amplitude: float = _f(0.0, "how much the mouth moves over a window, fake vs real "
+                                       "(train.losses.OpeningLoss; 0: off)", min=0)
 
 
 @dataclass
@@ -98,6 +102,7 @@ class WeightsConfig:
     syncnet: Union[str, None] = _f(None, "lip expert (lipsync_expert.pth or python -m train.syncnet)")
     vgg: Union[str, None] = _f(None, "torchvision's vgg19-dcbb9e9d.pth")
     lse: Union[str, None] = _f(None, "syncnet_python's syncnet_v2.model (the monitor's LSE)")
+    opening: Union[str, None] = _f(None, "mouth-opening regressor of the opening losses (python -m train.opening)")
 
 
 @dataclass
@@ -117,6 +122,8 @@ class TrainConfig:
     data_in_memory: bool = _f(True, "false: read clip files on demand (data sets larger than memory)")
     out: str = _f("runs/default", "output folder")
     model: ModelConfig = _f(factory=ModelConfig)
+    init: Union[str, None] = _f(None, "start from these weights: a generator.pt, or a train.run last.pt (generator "
+                                      "and discriminator); not their optimizer or step (that is --resume)")
     audio_encoder: Literal["expert", "train"] = _f(
         "expert", "expert: the lip expert's audio encoder (weights.syncnet), frozen, as paper §3.2 does with "
                   "SyncNet's; train: a random one trained with the rest")

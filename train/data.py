@@ -38,6 +38,7 @@ import torch
 
 from engine.audio import avhubert_audio_features, melspectrogram, mel_window
 from engine.face import Box, box_pixels
+from engine.inputs import generator_input
 from train.augment import Augment
 
 ROI_KEYS = ("roi_affine", "roi_frames", "roi_origin", "frame_size")
@@ -140,13 +141,6 @@ def load_clips(data_dir: str | Path, split: str, limit: int | None = None,
     return clips
 
 
-def pose_reference(target: np.ndarray) -> np.ndarray:
-    """Targets ``[..., S, S]`` with the lower half (rows S/2:) zeroed, a copy."""
-    pose = target.copy()
-    pose[..., target.shape[-2] // 2:, :] = 0
-    return pose
-
-
 def pixel_boxes(boxes: np.ndarray) -> np.ndarray:
     """``[N, 4]`` float crop boxes → the whole-pixel boxes that ``engine.face.crop`` cut (float32)."""
     return np.array([box_pixels(Box(*b)) for b in boxes.astype(np.float64)], np.float32).reshape(-1, 4)
@@ -226,7 +220,7 @@ class WindowDataset(torch.utils.data.Dataset):
         mels = aug.mel(np.stack([mel_window(clip.mel, (t + i) / clip.fps, self.mel_offset_s)
                                  for i in range(self.k)])[:, None])
         sample = {
-            "faces": torch.from_numpy(np.concatenate([pose_reference(target), identity], axis=1)),
+            "faces": torch.from_numpy(generator_input(target, identity)),
             "mels": torch.from_numpy(mels),
             "target": torch.from_numpy(target),
         }

@@ -6,6 +6,9 @@ paper's (λ1, λ2, λ3) = (10, 1, 0.5) (``train.run``'s defaults).
 * :func:`l1_loss`, :func:`gan_generator_loss`, :func:`gan_discriminator_loss`;
 * :class:`PerceptualLoss` on our own :class:`VGG19` (torchvision's layout,
   ImageNet weights from a file the user gives);
+* :class:`OpeningLoss`: how far the drawn mouth is open, read by our own
+  ``engine.models.opening.MouthOpeningNet``, against the real frame, per frame and
+  in temporal amplitude (L1 alone draws a mean mouth that opens too little);
 * :class:`AVHubertSyncLoss` in the three AV-HuBERT variants of Table 4 and
   :class:`LipExpertSyncLoss` (Wav2Lip's lip expert, the baseline);
   :func:`build_sync_loss` picks one by name (:data:`SYNC_KINDS`).
@@ -39,9 +42,10 @@ PUBLISHED = {
     "syncnet": "Wav2Lip's lip expert lipsync_expert.pth (github.com/Rudrabha/Wav2Lip), or train one with "
                "python -m train.syncnet",
     "lse": "syncnet_python's syncnet_v2.model (github.com/joonson/syncnet_python)",
+    "opening": "a mouth-opening regressor trained on your data with python -m train.opening",
 }
 DEFAULT_FILES = {"vgg": "vgg19-dcbb9e9d.pth", "avhubert": "avhubert.pt", "syncnet": "lipsync_expert.pth",
-                 "lse": "syncnet_v2.model"}
+                 "lse": "syncnet_v2.model", "opening": "mouth_opening.pth"}
 
 
 def find_weights(kind: str, path: str | Path | None, needed_for: str) -> Path:
@@ -111,6 +115,47 @@ class FrozenLossNet(nn.Module):
 
     def train(self, mode: bool = True) -> "FrozenLossNet":
         return self
+
+
+class OpeningLoss(FrozenLossNet):
+    """Mouth opening of generated vs real frames, read by a frozen :class:`engine.models.opening.MouthOpeningNet`.
+
+    Args:
+        path: a ``dubcam-opening`` checkpoint (``python -m train.opening``).
+        k: frames per window (the batch is ``[B·k, ...]``, window after window).
+
+    ``forward(fake, real)`` with ``[B·k, 3, S, S]`` faces in [0, 1] returns
+    ``(shape, amplitude)``, both in units of the natural spread of the
+    opening (``engine.metrics.NATURAL_OPENING_STD``, 0.025 of the face height):
+
+    * shape = mean over frames of |o(fake) − o(real)|: the lip-shape term;
+    * amplitude = mean over windows of |std_t o(fake) − std_t o(real)| (std
+      over the k frames of a window): the mouth must move as much as the
+      real one. A regressor's conditional mean moves less than the truth
+      (its std is about √R² of the real one); this term is what pushes the
+      opening ratio of ``engine.metrics`` towards 1. A moment-matching loss
+      of our own; its effect is measured by the opening ratio and the
+      lip-landmark error (``tools/evaluate.py``).
+
+    Gradients flow through the regressor to ``fake`` only.
+    """
+
+    def __init__(self, path: str | Path, k: int):
+        super().__init__()
+        from engine.metrics import NATURAL_OPENING_STD
+        from engine.models.opening import load_opening_net
+
+        self.net = load_opening_net(path)
+        self.k, self.unit = k, NATURAL_OPENING_STD
+        self.freeze()
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        o_fake = self.net(fake.float())
+        with torch.no_grad():
+            o_real = self.net(real.float())
+        shape = (o_fake - o_real).abs().mean() / self.unit
+        amp = (o_fake.view(-1, self.k).std(dim=1) - o_real.view(-1, self.k).std(dim=1)).abs().mean() / self.unit
+        return shape, amp
 
 
 # ---------------------------------------------------------------------------

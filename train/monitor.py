@@ -59,7 +59,8 @@ from engine.metrics import (audio_mouth_coupling, avs_scores, lip_landmark_error
                             mouth_sharpness, psnr, sharpness_ratio, ssim)
 from engine.models.avhubert import AVHubert
 from engine.models.syncnet import SyncNet, SyncNetColor, lower_halves
-from train.data import Clip, collate, context_arrays, pose_reference
+from engine.inputs import generator_input
+from train.data import Clip, collate, context_arrays
 from train.roi import avhubert_video, context_rois
 
 LSE_SIZE = 224  # syncnet_python's face crop side
@@ -93,11 +94,10 @@ class Monitor:
 
     def _inputs(self, clip: Clip, n: int, mel_offset_s: float) -> tuple[torch.Tensor, torch.Tensor]:
         faces = clip.faces[:n].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        T, k = len(clip.valid), self.k
-        held = clip.faces[T // 2].transpose(2, 0, 1).astype(np.float32) / 255.0
-        identity = np.broadcast_to(held, (n,) + held.shape)
+        T = len(clip.valid)
+        held = clip.faces[T // 2].transpose(2, 0, 1).astype(np.float32) / 255.0  # one reference, as the pipeline
         mels = np.stack([mel_window(clip.mel, i / clip.fps, mel_offset_s) for i in range(n)])[:, None]
-        inputs = np.concatenate([pose_reference(faces), identity], axis=1)
+        inputs = generator_input(faces, held)
         return torch.from_numpy(inputs).to(self.device), torch.from_numpy(mels).to(self.device)
 
     @torch.no_grad()

@@ -60,17 +60,17 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from engine.checkpoints import CheckpointError, atomic_save, safe_load, save_generator
+from engine.checkpoints import CheckpointError, atomic_save, safe_load
 from engine.models.avhubert import AVHubert
-from engine.models.generator import Generator, GeneratorConfig
+from engine.models.generator import Generator, GeneratorConfig, save_generator
 from engine.models.syncnet import SyncNet, SyncNetColor
 from train.data import StepBatches, WindowDataset, collate, load_clips
 from train.discriminator import Discriminator
 from train.augment import Augment
 from train.config import DEFAULTS, ConfigError, load_config  # noqa: F401 (DEFAULTS, load_config: API)
 from train.config import validate as validate_config
-from train.losses import (AVHubertSyncLoss, LipExpertSyncLoss, build_perceptual_loss, build_sync_loss, find_weights,
-                          gan_discriminator_loss, gan_generator_loss, gradient_loss, l1_loss, lower_half)
+from train.losses import (AVHubertSyncLoss, LipExpertSyncLoss, OpeningLoss, build_perceptual_loss, build_sync_loss,
+                          find_weights, gan_discriminator_loss, gan_generator_loss, gradient_loss, l1_loss, lower_half)
 from train.monitor import Monitor
 
 log = logging.getLogger("train.run")
@@ -177,6 +177,28 @@ def _broadcast_buffers(*modules: torch.nn.Module) -> None:
             dist.broadcast(b, 0)
 
 
+def _init_from(path: str, gen, disc) -> None:
+    """``init``: load a generator.pt into ``gen``, or a train.run last.pt into ``gen`` and ``disc``.
+
+    The audio encoder's frozen flags stay as this config set them. Raises CheckpointError (one line)
+    for another kind of file or weights that do not fit this config's model."""
+    from engine.checkpoints import describe
+
+    state = safe_load(path)
+    if isinstance(state, dict) and state.get("format") == "dubcam-train":
+        parts = [(gen, state["generator"]), (disc, state["discriminator"])]
+    elif describe(state) == "a dubcam generator":
+        parts = [(gen, state["state_dict"])]
+    else:
+        raise CheckpointError(f"init={path}: expected a generator.pt or a train.run last.pt, found {describe(state)}")
+    try:
+        for model, sd in parts:
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+    except RuntimeError as e:
+        raise CheckpointError(f"init={path}: does not fit this config's model: "
+                              f"{' '.join(str(e).split())[:300]}") from e
+
+
 def _restore(path: Path, gen, disc, opt_g, opt_d, scaler, device, world: int) -> tuple[int, float, float]:
     """Load a ``last.pt`` into the models, optimizers, scaler and RNGs; returns ``(step, seconds, best AVSu)``.
     Files written before the scaler, numpy/python RNG and monitor entries existed load too.
@@ -274,7 +296,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Generator
     sync_kind = cfg["sync"]["kind"] if loss_w["sync"] > 0 else "none"
     sync_loss = build_sync_loss(sync_kind, cfg["weights"], k, size, cfg["sync"]["output_layer"])
     perceptual = build_perceptual_loss(cfg["weights"]) if loss_w["perceptual"] > 0 else None
-    for m in (sync_loss, perceptual):
+    opening = None
+    if loss_w["opening"] > 0 or loss_w["opening_amplitude"] > 0:
+        opening = OpeningLoss(find_weights("opening", cfg["weights"]["opening"], "the opening loss"), k)
+    for m in (sync_loss, perceptual, opening):
         if m is not None:
             m.to(device)
 
@@ -312,6 +337,9 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Generator
     if resume and (out / "last.pt").is_file():
         step, spent, best = _restore(out / "last.pt", gen, disc, opt_g, opt_d, scaler, device, world)
         best = max(best, _best_on_disk(out))
+    elif cfg["init"]:
+        _init_from(cfg["init"], gen, disc)
+        log.info("started from the weights of %s", cfg["init"])
     monitor = _monitor(cfg, sync_loss, device, expert) if rank == 0 else None
 
     gen_step, disc_step = gen, disc
@@ -380,6 +408,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Generator
             if loss_w["grad"] > 0:
                 losses["grad"] = gradient_loss(lower_half(fake.float()), lower_half(batch["target"]))
                 total = total + loss_w["grad"] * losses["grad"]
+            if opening is not None:
+                losses["opening"], losses["opening_amp"] = opening(fake, batch["target"])
+                total = total + loss_w["opening"] * losses["opening"] + loss_w["opening_amplitude"] * losses[
+                    "opening_amp"]
             if perceptual is not None:
                 losses["perceptual"] = perceptual(fake, batch["target"])
                 total = total + loss_w["perceptual"] * losses["perceptual"]

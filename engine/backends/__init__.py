@@ -22,7 +22,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from engine.models import GeneratorInfo
+from engine.inputs import generator_input
+from engine.models.info import GeneratorInfo
 
 KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
@@ -33,8 +34,8 @@ def example_inputs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     float32; the same for the same ``seed``. For export checks and benchmarks.
     """
     rng = np.random.default_rng(seed)
-    faces = rng.random((n, 6, size, size), dtype=np.float32)
-    faces[:, :3, size // 2:] = 0
+    faces = generator_input(rng.random((n, 3, size, size), dtype=np.float32),
+                            rng.random((n, 3, size, size), dtype=np.float32))
     return faces, rng.random((n, 1, 80, 16), dtype=np.float32) * 8 - 4
 
 

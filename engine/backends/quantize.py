@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.face import ASSETS
+from engine.bundled import ASSETS
 
 CALIBRATION_VIDEO = ASSETS / "demo_face.png"
 CALIBRATION_AUDIO = ASSETS / "demo_speech.wav"
@@ -56,7 +56,7 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
     from engine.audio import load_audio, mel_window, melspectrogram
     from engine.face import FaceTracker, crop
     from engine.media import probe_video, read_frames
-    from engine.models import generator_faces
+    from engine.inputs import generator_faces
 
     still = probe_video(video).still
     if audio is None and still:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from engine.backends import BackendError
-from engine.models import GeneratorInfo
+from engine.models.info import GeneratorInfo
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models import GeneratorInfo
+from engine.checkpoints import FORMAT, VERSION, CheckpointError, GeneratorFormat, atomic_save, describe, load_state
+from engine.models.info import GeneratorInfo
 from engine.models.blocks import ConvBlock, TransposeBlock, audio_encoder
 
 _CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
@@ -222,3 +223,30 @@ class Generator(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def save_generator(model: Generator, path, meta: dict | None = None, half: bool = False) -> None:
+    """Write our generator format (atomic): ``{"format": "dubcam-generator", "version", "config",
+    "state_dict", "meta"}``. ``meta``: free-form provenance (data, steps, scores).
+
+    ``half`` stores floating-point tensors as float16 (half the file; they
+    load back into float32 parameters, a relative change of about 1e-3).
+    """
+    sd = model.state_dict()
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    atomic_save({"format": FORMAT, "version": VERSION, "config": model.config_dict(),
+                 "state_dict": sd, "meta": dict(meta or {})}, path)
+
+
+def _build(obj: dict, path) -> Generator:
+    if obj.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer dubcam (format version {obj['version']})")
+    model = load_state(Generator(GeneratorConfig(**obj["config"])), obj["state_dict"], path, "a dubcam generator")
+    if obj.get("meta"):
+        model.meta = obj["meta"]
+    return model
+
+
+CHECKPOINT = GeneratorFormat("a dubcam generator", lambda obj: describe(obj) == "a dubcam generator", _build)
+"""Our format in ``engine.models.GENERATOR_FORMATS``."""

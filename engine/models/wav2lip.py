@@ -4,7 +4,7 @@ Prajwal et al. 2020, "A Lip Sync Expert Is All You Need for Speech to Lip
 Generation In The Wild"; ``Rudrabha/Wav2Lip:models/wav2lip.py``. The module
 and parameter names equal those of ``wav2lip.pth`` / ``wav2lip_gan.pth`` so
 that the public files load with ``load_state_dict`` after stripping
-``module.`` (see :func:`engine.checkpoints.load_generator`).
+``module.`` (:data:`CHECKPOINT`, read by ``engine.models.load``).
 
 The published weights were trained on **BGR** crops. :class:`Wav2LipRGB` is
 the one adapter that flips channels: everything around it speaks RGB.
@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.checkpoints import GeneratorFormat, describe, load_state, strip_module
 from engine.models.blocks import ConvBlock, TransposeBlock, audio_encoder
+from engine.models.info import GeneratorInfo
 
 
 def _res(c: int, n: int) -> list[nn.Module]:
@@ -83,3 +85,21 @@ class Wav2LipRGB(nn.Module):
     def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
         bgr = faces[:, [2, 1, 0, 5, 4, 3]]
         return self.net(bgr, mels)[:, [2, 1, 0]]
+
+
+INFO = GeneratorInfo(kind="wav2lip", size=96, mel_offset_s=0.0, identity="current", crop="wav2lip")
+"""Wav2Lip's inference: 96 px crops of its own box style, the window that starts at the frame, the current
+(unmasked) crop as its own reference."""
+
+
+def _build(obj: dict, path) -> Wav2LipRGB:
+    model = Wav2LipRGB(Wav2Lip())
+    model.info = INFO
+    sd = {"net." + k: v for k, v in strip_module(obj.get("state_dict", obj)).items()}
+    return load_state(model, sd, path, "a Wav2Lip generator")
+
+
+CHECKPOINT = GeneratorFormat("a Wav2Lip generator", lambda obj: describe(obj) == "a Wav2Lip generator", _build)
+"""The published ``wav2lip.pth`` / ``wav2lip_gan.pth`` (``{"state_dict", "optimizer", "global_step",
+"global_epoch"}``, keys such as ``face_encoder_blocks.0.0.conv_block.0.weight``, ``module.`` stripped when
+present; spec §3.2) in ``engine.models.GENERATOR_FORMATS``."""

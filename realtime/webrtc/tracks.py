@@ -3,7 +3,7 @@
 In: :func:`pump_video` and :func:`pump_audio` read the browser's camera and
 driving-audio tracks into a :class:`~realtime.runner.LiveRunner`, stamped
 with their arrival time on the session clock (audio by sample count, see
-:class:`~realtime.sources.StreamClock`, resampled to 16 kHz mono).
+:class:`~realtime.clock.StreamClock`, resampled to 16 kHz mono).
 
 Out: :class:`VideoOutputTrack` pulls the lip-synced frames from the runner,
 each ``latency_s`` after its capture; :class:`AudioOutputTrack` plays the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from fractions import Fraction
+from typing import Callable
 
 import av
 import numpy as np
@@ -24,27 +25,37 @@ from aiortc.mediastreams import MediaStreamError
 
 from engine.audio import SAMPLE_RATE
 from realtime.runner import LiveRunner
-from realtime.sources import StreamClock
+from realtime.clock import StreamClock
 
 VIDEO_CLOCK = 90_000  # RTP video clock rate (Hz)
 log = logging.getLogger("realtime.webrtc")
 
 
-async def pump_video(track: MediaStreamTrack, runner: LiveRunner) -> None:
-    """Every frame of ``track`` (any size) into ``runner`` as RGB, stamped on arrival, until the track ends."""
+async def pump_video(track: MediaStreamTrack, runner: LiveRunner | None, touch: Callable[[], None]) -> None:
+    """Every frame of ``track`` (any size) into ``runner`` as RGB, stamped on arrival, until the track ends.
+
+    ``touch()`` is called for each frame; with ``runner`` None the frames are
+    only read (so that aiortc's receive queue does not grow) and dropped.
+    """
     last = float("-inf")
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
             return
+        touch()
+        if runner is None:
+            continue
         t = max(runner.clock.now(), last + 1e-3)
         last = t
         runner.push_video(frame.to_ndarray(format="rgb24"), t)
 
 
-async def pump_audio(track: MediaStreamTrack, runner: LiveRunner) -> None:
-    """The driving audio of ``track`` into ``runner`` as 16 kHz mono float32 until the track ends."""
+async def pump_audio(track: MediaStreamTrack, runner: LiveRunner | None, touch: Callable[[], None]) -> None:
+    """The driving audio of ``track`` into ``runner`` as 16 kHz mono float32 until the track ends.
+
+    ``touch()`` and ``runner`` None as in :func:`pump_video`.
+    """
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     stamp = StreamClock(tolerance_s=0.1)
     while True:
@@ -52,6 +63,9 @@ async def pump_audio(track: MediaStreamTrack, runner: LiveRunner) -> None:
             frame = await track.recv()
         except MediaStreamError:
             return
+        touch()
+        if runner is None:
+            continue
         for f in resampler.resample(frame):
             samples = f.to_ndarray().reshape(-1).astype(np.float32)
             t = stamp.stamp(len(samples), runner.clock.now() - len(samples) / SAMPLE_RATE)

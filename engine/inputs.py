@@ -1,0 +1,69 @@
+"""The one builder of generator inputs (DESIGN.md "Layout"; paper §3.1).
+
+A generator (ours or Wav2Lip's) takes ``faces [N, 6, S, S]``: channels 0–2
+the *pose reference* (the frame's own face crop with its lower half, rows
+S/2:, masked to 0: the part the generator draws), channels 3–5 the
+*identity reference* (a crop of the same person whose mouth shows the
+texture), float32 in [0, 1], RGB. Its mel windows come from
+``engine.audio.mel_window`` / ``MelStream``.
+
+The streaming pipeline and the INT8 calibration (:func:`generator_faces`,
+uint8 crops), the training data and the training monitor
+(:func:`generator_input`, float faces) all build ``faces`` here, so that
+training and inference cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pose_reference(faces: np.ndarray) -> np.ndarray:
+    """A copy of ``[..., C, S, S]`` faces (any float dtype) with the lower half, rows S/2:, set to 0."""
+    pose = np.array(faces, copy=True)
+    pose[..., faces.shape[-2] // 2:, :] = 0
+    return pose
+
+
+def generator_input(faces: np.ndarray, identity: np.ndarray) -> np.ndarray:
+    """The ``faces`` input from float faces: pose reference of ``faces`` beside ``identity``.
+
+    Args:
+        faces: ``[N, 3, S, S]`` float32 in [0, 1], the frames to generate (unmasked).
+        identity: ``[N, 3, S, S]``, or ``[3, S, S]`` for one reference held
+            for all N, float32 in [0, 1].
+
+    Returns ``[N, 6, S, S]`` float32.
+
+    Raises ValueError: shapes that do not fit.
+    """
+    faces = np.asarray(faces, dtype=np.float32)
+    if faces.ndim != 4 or faces.shape[1] != 3:
+        raise ValueError(f"expected faces [N, 3, S, S], got {faces.shape}")
+    identity = np.broadcast_to(np.asarray(identity, dtype=np.float32), faces.shape)
+    return np.concatenate([pose_reference(faces), identity], axis=1)
+
+
+def generator_faces(crops: np.ndarray, identity: np.ndarray | None, info) -> np.ndarray:
+    """The ``faces`` input for k uint8 face crops, as the streaming pipeline holds them.
+
+    Args:
+        crops: ``[k, S, S, 3]`` uint8 RGB face crops of the frames to generate.
+        identity: ``[S, S, 3]`` uint8 RGB identity reference, used when
+            ``info.identity == "held"`` (ignored for ``"current"``, where
+            each unmasked crop is its own reference, as in Wav2Lip).
+        info: the generator's :class:`engine.models.GeneratorInfo`.
+
+    Returns ``[k, 6, S, S]`` float32 in [0, 1].
+
+    Raises ValueError: crops not ``[k, S, S, 3]``, or a held identity missing.
+    """
+    S = info.size
+    if crops.ndim != 4 or crops.shape[1:] != (S, S, 3):
+        raise ValueError(f"expected crops [k, {S}, {S}, 3], got {crops.shape}")
+    faces = crops.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    if info.identity == "current":
+        return generator_input(faces, faces)
+    if identity is None:
+        raise ValueError("this generator needs a held identity reference")
+    return generator_input(faces, identity.astype(np.float32).transpose(2, 0, 1) / 255.0)
