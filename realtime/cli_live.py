@@ -99,7 +99,7 @@ def cmd_cam(args) -> int:
     opened is closed and :func:`realtime.cli.main` exits 130 / 143.
     """
     from realtime.clock import MediaClock
-    from realtime.runner import run_live
+    from realtime.live import run_live
     from realtime.sinks import PreviewSink, VirtualCameraSink, VirtualMicSink
     from realtime.sources import open_audio_source, open_video_source
 
@@ -229,7 +229,8 @@ class _LoopedAudio:
 def cmd_bench(args) -> int:
     from engine.bundled import DEMO_FACE, DEMO_SPEECH
     from realtime.clock import MediaClock, Paced
-    from realtime.runner import WAKE_S, run_file, run_live
+    from realtime.runner import run_file
+    from realtime.live import WAKE_S, run_live
     from realtime.sources import AudioFileSource, VideoFileSource
 
     video, speech = args.video or DEMO_FACE, args.audio or DEMO_SPEECH

@@ -106,7 +106,7 @@ def test_live_runner_fades_to_pass_through_on_poor_sync_and_back(small_generator
     from realtime.gauge import GaugeReading
     from realtime.pipeline import OutputFrame, Pipeline
     from realtime.clock import MediaClock
-    from realtime.runner import LiveRunner
+    from realtime.live import LiveRunner
 
     pipeline = Pipeline(backends.load(small_generator, "onnxruntime"))
     runner = LiveRunner(pipeline, MediaClock(), gauge=load_gauge())

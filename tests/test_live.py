@@ -36,7 +36,7 @@ def test_slow_generator_passes_frames_through_instead_of_growing_latency(backend
     """A generator 1.5x slower than real time: frames pass through, added latency stays at its bound."""
     from realtime.pipeline import Pipeline, PipelineConfig
     from realtime.clock import MediaClock
-    from realtime.runner import run_live
+    from realtime.live import run_live
 
     slow = SlowBackend(backend, 0.3)  # 0.3 s per chunk of 5 frames = 0.2 s of video
     pipeline = Pipeline(slow, PipelineConfig(chunk=5))
@@ -65,7 +65,7 @@ def test_frames_keep_flowing_when_network_audio_stops(backend):
     from engine.audio import load_audio
     from realtime.pipeline import Pipeline, PipelineConfig
     from realtime.clock import MediaClock
-    from realtime.runner import run_live
+    from realtime.live import run_live
     from realtime.sources import TcpPcmSource
 
     speech = load_audio(data_file("audio/cmuarctic_a0007.wav"))[:16000]
@@ -265,7 +265,7 @@ def test_silence_gives_closed_generated_mouths_on_time(backend):
     """
     from realtime.pipeline import Pipeline
     from realtime.clock import Paced
-    from realtime.runner import run_live
+    from realtime.live import run_live
     from realtime.sources import VideoFileSource
 
     pipeline = Pipeline(backend)

@@ -45,7 +45,7 @@ def test_virtual_mic_plays_the_microphone_speech_delayed_by_the_pipeline_latency
     from engine import backends
     from realtime.pipeline import Pipeline, PipelineConfig
     from realtime.clock import MediaClock, Paced
-    from realtime.runner import run_live
+    from realtime.live import run_live
     from realtime.sinks import VirtualMicSink
     from realtime.sources import MicrophoneSource, VideoFileSource
 
@@ -138,7 +138,7 @@ def run_rig(pulse, backend, tmp_path, seconds: float, speech_files, latency_s: f
 
     from realtime.pipeline import Pipeline
     from realtime.clock import MediaClock, Paced
-    from realtime.runner import run_live
+    from realtime.live import run_live
     from realtime.sinks import VirtualMicSink
     from realtime.sources import MicrophoneSource, VideoFileSource
 

@@ -295,7 +295,7 @@ def test_webrtc_output_track_carries_the_badge(small_generator):
     from engine import backends
     from realtime.pipeline import Pipeline, PipelineConfig
     from realtime.clock import MediaClock
-    from realtime.runner import LiveRunner
+    from realtime.live import LiveRunner
     from realtime.webrtc.tracks import VideoOutputTrack
 
     pipeline = Pipeline(backends.load(small_generator, "onnxruntime"),

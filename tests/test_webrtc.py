@@ -167,7 +167,7 @@ def test_unpulled_output_is_bounded(small_generator, grid_frames):
     from engine import backends
     from realtime.pipeline import Pipeline, PipelineConfig
     from realtime.clock import MediaClock
-    from realtime.runner import UNPULLED_S, LiveRunner
+    from realtime.live import UNPULLED_S, LiveRunner
 
     frames, _ = grid_frames
     pipeline = Pipeline(backends.load(small_generator, "onnxruntime"), PipelineConfig(chunk=5))

@@ -9,7 +9,7 @@ channel named ``stats`` once a second). ``POST /offer`` takes
 offer carries its candidates) and answers with the server's SDP once its
 ICE candidates are gathered. ``GET /sessions`` lists the sessions'
 measured figures. Each session has its own
-:class:`~realtime.pipeline.Pipeline` and :class:`~realtime.runner.LiveRunner`
+:class:`~realtime.pipeline.Pipeline` and :class:`~realtime.live.LiveRunner`
 (the backend, stateless, is shared).
 
 Sessions end, and free their slot at once, when the connection fails or
@@ -54,7 +54,7 @@ from aiortc.sdp import SessionDescription
 
 from realtime.pipeline import Pipeline
 from realtime.clock import MediaClock
-from realtime.runner import LiveRunner
+from realtime.live import LiveRunner
 from realtime.webrtc.tracks import AudioOutputTrack, VideoOutputTrack, pump_audio, pump_video
 
 STATIC = Path(__file__).parent / "static"
@@ -234,7 +234,7 @@ class Server:
             ICE candidate).
         token: the token; None on a non-loopback host generates one (``self.token``).
         max_sessions: sessions allowed at once.
-        latency_s: the runners' scheduled latency (None: :func:`realtime.runner.default_latency`).
+        latency_s: the runners' scheduled latency (None: :func:`realtime.live.default_latency`).
         connect_timeout_s: a session not connected this long after its offer is ended.
         media_timeout_s: a connected session that has received no media this long is ended.
         make_gauge: returns a new :class:`realtime.gauge.SyncGauge` per session (the live sync gauge and

@@ -1,7 +1,7 @@
 """The tracks of one WebRTC session, in the shape of aiortc's media contract (``async recv()``).
 
 In: :func:`pump_video` and :func:`pump_audio` read the browser's camera and
-driving-audio tracks into a :class:`~realtime.runner.LiveRunner`, stamped
+driving-audio tracks into a :class:`~realtime.live.LiveRunner`, stamped
 with their arrival time on the session clock (audio by sample count, see
 :class:`~realtime.clock.StreamClock`, resampled to 16 kHz mono).
 
@@ -24,7 +24,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from engine.audio import SAMPLE_RATE
-from realtime.runner import LiveRunner
+from realtime.live import LiveRunner
 from realtime.clock import StreamClock
 
 VIDEO_CLOCK = 90_000  # RTP video clock rate (Hz)
