@@ -186,7 +186,9 @@ class SyncGauge:
 
     # -- scoring -----------------------------------------------------------
     def _audio_until(self) -> float:
-        return -math.inf if self._audio_t0 is None else self._audio_t0 + (self._dropped + len(self._audio)) / SAMPLE_RATE
+        if self._audio_t0 is None:
+            return -math.inf
+        return self._audio_t0 + (self._dropped + len(self._audio)) / SAMPLE_RATE
 
     def _score(self) -> None:
         cfg, L = self.config, self.config.max_lag

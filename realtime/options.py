@@ -59,7 +59,8 @@ def pipeline_factory(args):
     if args.size is not None and args.size != backend.info.size:
         raise ValueError(f"{ckpt} works on {backend.info.size}px faces, not --size {args.size}")
     log.info("generator: %s (%s, %dpx) on %s", ckpt, backend.info.kind, backend.info.size, backend.name)
-    config = PipelineConfig(chunk=args.chunk, batching=args.batching, watermark=not getattr(args, "no_watermark", False),
+    config = PipelineConfig(chunk=args.chunk, batching=args.batching,
+                            watermark=not getattr(args, "no_watermark", False),
                             label=getattr(args, "label", None), label_corner=getattr(args, "label_corner", "top-left"))
     if not config.watermark:
         print("realtime: warning: --no-watermark: the generated frames carry no invisible watermark",
