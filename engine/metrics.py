@@ -797,13 +797,26 @@ def speech_envelope(wav: np.ndarray, n_frames: int, fps: float = 25.0, window_s:
     Raises:
         ValueError: ``wav`` not 1-D, ``n_frames`` < 0, a window shorter than one sample.
     """
+    if n_frames < 0:
+        raise ValueError(f"expected n_frames >= 0, got {n_frames}")
+    centres = np.round(np.arange(n_frames) / fps * sample_rate).astype(np.int64)
+    return log_rms_at(wav, centres, window_s, floor, sample_rate)
+
+
+def log_rms_at(wav: np.ndarray, centres: np.ndarray, window_s: float = ENVELOPE_WINDOW_S,
+               floor: float = ENVELOPE_FLOOR, sample_rate: int = 16000) -> np.ndarray:
+    """:func:`speech_envelope`'s value at given sample positions: ``ln(max(RMS, floor))`` of the
+    ``L = round(window_s · sample_rate)`` samples ``[c - L // 2, c - L // 2 + L)`` around each centre
+    ``c`` (samples outside ``wav`` count as silence). ``[k]`` float64.
+
+    Raises ValueError: ``wav`` not 1-D, a window shorter than one sample.
+    """
     wav = np.asarray(wav, np.float64)
     length = int(round(window_s * sample_rate))
-    if wav.ndim != 1 or n_frames < 0 or length < 1:
-        raise ValueError(f"expected 1-D audio, n_frames >= 0 and a window of >= 1 sample, got {wav.shape}, "
-                         f"{n_frames}, {length}")
+    if wav.ndim != 1 or length < 1:
+        raise ValueError(f"expected 1-D audio and a window of >= 1 sample, got {wav.shape}, {length}")
     energy = np.concatenate([[0.0], np.cumsum(wav * wav)])
-    starts = np.round(np.arange(n_frames) / fps * sample_rate).astype(np.int64) - length // 2
+    starts = np.asarray(centres, np.int64) - length // 2
     a, b = np.clip(starts, 0, len(wav)), np.clip(starts + length, 0, len(wav))
     rms = np.sqrt(np.maximum(energy[b] - energy[a], 0.0) / length)
     return np.log(np.maximum(rms, floor))

@@ -149,7 +149,8 @@ def cmd_serve(args) -> int:
     if not args.webrtc:
         raise ValueError("serve needs --webrtc (the WebRTC service is the one service so far)")
     try:
-        from realtime.webrtc.server import Server, is_loopback, serve
+        from realtime.devices import is_loopback
+        from realtime.webrtc.server import Server, serve
     except ImportError as e:
         raise DeviceError(f"the WebRTC service needs aiortc and aiohttp ({e}): {LIVE_EXTRA}") from e
     token = args.token

@@ -18,7 +18,7 @@ default) of the frames a session sends, two signals:
   ≤ 0 and the best lag at the edge.
 * **audio–mouth coupling**: the Pearson r, at lag 0, between the mouth
   opening of each frame and the speech's log-RMS envelope
-  (``engine.metrics.speech_envelope``, 40 ms centred windows), as
+  (``engine.metrics.speech_envelope`` / ``log_rms_at``, 40 ms centred windows), as
   ``engine.metrics.audio_mouth_coupling`` defines it, except that the
   opening is read from the face crop by the bundled mouth-opening regressor
   (``engine.models.opening``, R² 0.88 against the landmark gap on held-out
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from engine.audio import MEL_SILENCE, MEL_WINDOW, SAMPLE_RATE, melspectrogram, window_start
-from engine.metrics import ENVELOPE_FLOOR, ENVELOPE_WINDOW_S
+from engine.metrics import log_rms_at
 from engine.models.syncnet import EXPERT_FACE_SIZE, lower_halves
 
 EXPERT_FRAMES = 5
@@ -247,13 +247,10 @@ class SyncGauge:
                                                     antialias=True, align_corners=False)
         with torch.no_grad():
             openings = self.opening_net(faces).numpy()
-        half = int(round(ENVELOPE_WINDOW_S * SAMPLE_RATE)) // 2
-        for f, o in zip(todo, openings):
+        centres = [int(round((f.t - self._audio_t0) * SAMPLE_RATE)) - self._dropped for f in todo]
+        for f, o, e in zip(todo, openings, log_rms_at(self._audio, centres)):
             f.opening = float(o)
-            c = int(round((f.t - self._audio_t0) * SAMPLE_RATE))
-            piece = self._audio[max(0, c - half - self._dropped): max(0, c + half - self._dropped)]
-            rms = math.sqrt(float(np.mean(piece.astype(np.float64) ** 2))) if len(piece) else 0.0
-            self._pairs.append((f.t, f.opening, math.log(max(rms, ENVELOPE_FLOOR))))
+            self._pairs.append((f.t, f.opening, float(e)))
 
     def _prune(self, now: float) -> None:
         cfg, keep = self.config, self.config.window_s
@@ -303,7 +300,7 @@ class SyncGauge:
                 self._since = now if self._since is None else self._since
                 if now - self._since >= (cfg.poor_for_s if poor else cfg.good_for_s):
                     self._state = "passthrough" if poor else "dubbing"
-                    self._reason = f"out of sync: best lag {lag:+d} frames" if poor else None
+                    self._reason = None
                     self._since = None
             else:
                 self._since = None

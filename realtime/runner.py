@@ -13,6 +13,7 @@ of either.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -151,8 +152,6 @@ class _TrackAhead:
     _END = object()
 
     def __init__(self, source, tracker, ahead: int = 8):
-        import queue
-
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         self.decoding_s = self.tracking_s = 0.0
@@ -160,8 +159,6 @@ class _TrackAhead:
         self._thread.start()
 
     def _put(self, item) -> bool:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)

@@ -35,7 +35,6 @@ import asyncio
 import ctypes
 import gc
 import hmac
-import ipaddress
 import itertools
 import json
 import logging
@@ -52,6 +51,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from realtime.devices import is_loopback
 from realtime.pipeline import Pipeline
 from realtime.clock import MediaClock
 from realtime.live import LiveRunner
@@ -60,16 +60,6 @@ from realtime.webrtc.tracks import AudioOutputTrack, VideoOutputTrack, pump_audi
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("realtime.webrtc")
 RECENT_FRAMES = 250  # measured latency over the last 10 s at 25 fps
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a bind address) is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def offer_loopback_candidates() -> None:
