@@ -154,13 +154,16 @@ class DeviceClock:
     audio (a device clock that runs slow is followed without a jump). It
     re-anchors (``resets``) when the device reports an overflow /
     underflow (``lost``), when the last ``recent`` blocks all measure over
-    ``shift_s`` later (samples were lost unreported), or on a jump over
+    ``shift_s`` later (samples were lost unreported, or the first blocks of
+    the stream measured early: PortAudio's ALSA → PulseAudio capture reports
+    a start-up latency some 90 ms too large on a loaded machine, which the
+    lower envelope would otherwise keep for many seconds), or on a jump over
     ``reset_s``. Stamps of consecutive blocks so differ from the count by
     at most ``leak`` (or a move earlier): :class:`AudioDelay`
     spreads such small steps over the block.
     """
 
-    def __init__(self, window: int = 100, leak: float = 0.005, recent: int = 25, shift_s: float = 0.1,
+    def __init__(self, window: int = 100, leak: float = 0.005, recent: int = 25, shift_s: float = 0.03,
                  reset_s: float = 0.5):
         self.window, self.leak, self.recent, self.shift_s, self.reset_s = window, leak, recent, shift_s, reset_s
         self._offsets: deque[float] = deque(maxlen=window)

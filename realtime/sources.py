@@ -252,6 +252,9 @@ class MicrophoneSource:
     ``t``: when the block's first sample reached the device (the callback's
     ADC time, smoothed by sample count with :class:`DeviceClock`), on
     ``clock``. ``device``: see :func:`realtime.devices.audio_device`.
+    ``capture_lag_s``: how late the last block reached us (s; its
+    callback's time less its ADC time; None before the first block): about
+    a block in the steady state, more while the stream starts up.
     Raises DeviceError when it cannot be opened.
     """
 
@@ -265,6 +268,7 @@ class MicrophoneSource:
         self._stamp = DeviceClock()
         self._q: queue.Queue = queue.Queue(maxsize=1000)
         self._closed = False
+        self.capture_lag_s: float | None = None
         index, env = audio_device(device, "input")
         try:
             with environment(env):
@@ -280,6 +284,7 @@ class MicrophoneSource:
         lag = time_info.currentTime - time_info.inputBufferAdcTime
         if not 0 < lag < 1:  # the host API does not say: the block just ended
             lag = frames / SAMPLE_RATE
+        self.capture_lag_s = lag
         t = self._stamp.stamp(frames, now - lag, lost=bool(status.input_overflow))
         try:
             self._q.put_nowait((indata[:, 0].copy(), t))

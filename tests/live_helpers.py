@@ -32,6 +32,21 @@ class PulseServer(pulse.PulseServer):
         super().__init__()
 
 
+def wait_for_steady_microphone(mic, hold_s: float = 1.0, timeout_s: float = 15.0) -> None:
+    """Returns once ``mic`` (a MicrophoneSource) has delivered its blocks within 0.1 s of capture for ``hold_s``.
+
+    The rig's delay is measured in the steady state, not over the start-up: on a loaded machine PortAudio's
+    ALSA -> PulseAudio capture starts with a backlog of some 0.6 s (audio that arrives too late to be played on
+    time), which it drops a second or so later without reporting an overflow; DeviceClock then re-anchors
+    (realtime/clock.py). Gives up after ``timeout_s`` (the test's own assertions then say what went wrong).
+    """
+    since, deadline = None, time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (since is None or time.monotonic() - since < hold_s):
+        steady = mic.capture_lag_s is not None and mic.capture_lag_s < 0.1
+        since = (since or time.monotonic()) if steady else None
+        time.sleep(0.02)
+
+
 def write_y4m_and_wav(video: Path, y4m: Path, wav: Path, seconds: float | None = None):
     """A real clip as Chromium's fake camera (y4m, yuv420p) and fake microphone (16-bit 48 kHz mono wav), with PyAV."""
     import av

@@ -16,7 +16,7 @@ import pytest
 from scipy.signal import correlate
 
 from conftest import data_file
-from live_helpers import PulseServer
+from live_helpers import PulseServer, wait_for_steady_microphone
 
 
 @pytest.fixture
@@ -54,18 +54,23 @@ def test_virtual_mic_plays_the_microphone_speech_delayed_by_the_pipeline_latency
     clock = MediaClock()
     rec = subprocess.Popen(["parec", "-d", "rig.monitor", "--raw", "--format=s16le", "--rate=16000", "--channels=2",
                             "--latency-msec=10"], stdout=(tmp_path / "rig.raw").open("wb"), env=pulse.env)
-    player = threading.Timer(2.0,  # after start-up (model and device warm-up)
-                             lambda: subprocess.run(["paplay", "-d", "feed", str(speech)], env=pulse.env))
+    def play():
+        wait_for_steady_microphone(mic)
+        started.append(clock.now())
+        subprocess.run(["paplay", "-d", "feed", str(speech)], env=pulse.env)
+
+    player, started = threading.Thread(target=play), []
     try:
-        video = Paced(VideoFileSource(data_file("video/grid_bbaf2n.mpg"), duration=7.0), clock)
+        video = Paced(VideoFileSource(data_file("video/grid_bbaf2n.mpg"), duration=12.0), clock)
         mic = MicrophoneSource(clock, "mic")
         sinks = []
 
         def virtual_mic(runner):
             sinks.append(VirtualMicSink(runner.delay, runner.clock, runner.latency_s, "vmic"))
+            started.append(clock.now())
+            player.start()
             return sinks[-1]
 
-        player.start()
         report, runner = run_live(pipeline, video, mic, clock=clock, audio_sinks=[virtual_mic])
         player.join()
     finally:
@@ -89,7 +94,9 @@ def test_virtual_mic_plays_the_microphone_speech_delayed_by_the_pipeline_latency
             matches.append(cw[k] / max(1e-9, np.sqrt((a ** 2).sum() * (b[k: k + w] ** 2).sum())))
     print(f"virtual mic delay {1000 * lag:.1f} ms, reported latency {1000 * L:.1f} ms, speech windows matched "
           f"{np.round(matches, 2).tolist()}, video p95 {1000 * report.latency_p95:.1f} ms; clock re-anchored: "
-          f"microphone {mic._stamp.resets}, virtual mic {sinks[0].jumps}")
+          f"microphone {mic._stamp.resets}, virtual mic {sinks[0].jumps} (underflows {sinks[0].underflows}, "
+          f"last error {1000 * sinks[0].error_s:.1f} ms); the speech started {started[1] - started[0]:.1f} s after the "
+          f"virtual mic opened")
     assert len(matches) >= 10 and np.median(matches) > 0.8
     assert abs(lag - L) <= frame
     # and the video left with that latency (its output thread may be a little late on a loaded machine)
@@ -150,7 +157,7 @@ def run_rig(pulse, backend, tmp_path, seconds: float, speech_files, latency_s: f
     done = threading.Event()
 
     def play():
-        done.wait(2.0)  # after start-up (model and device warm-up)
+        wait_for_steady_microphone(mic)
         for f in itertools.cycle(speech_files):
             if done.is_set():
                 return
@@ -164,9 +171,9 @@ def run_rig(pulse, backend, tmp_path, seconds: float, speech_files, latency_s: f
 
         def virtual_mic(runner):
             sinks.append(VirtualMicSink(runner.delay, runner.clock, runner.latency_s, "vmic"))
+            player.start()
             return sinks[-1]
 
-        player.start()
         report, runner = run_live(pipeline, video, mic, clock=clock, audio_sinks=[virtual_mic], latency_s=latency_s)
     finally:
         done.set()
