@@ -3,6 +3,7 @@
     realtime demo                       bundled face + bundled speech → demo.mp4
     realtime run --video FACE --audio SPEECH --out OUT.mp4
     realtime run --video FACE --text "Hello there" --out OUT.mp4
+    realtime enroll --video ME.mp4 --out me.dubcam   a personal model (realtime/enroll.py)
     realtime verify FILE                was FILE dubbed by dubcam? (C2PA manifest + watermark)
     realtime cam | serve --webrtc | devices | bench   live use (realtime/cli_live.py)
 
@@ -121,6 +122,34 @@ def cmd_run(args) -> int:
     return _run_job(args, args.video, args.audio, args.out)
 
 
+def cmd_enroll(args) -> int:
+    from realtime.enroll import enroll, record_enrollment
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists: pass --overwrite to replace it")
+    if args.camera is not None:
+        recording = args.out.with_suffix(".mp4")
+        record_enrollment(recording, args.seconds, args.camera, args.microphone)
+        print(f"recorded {recording}")
+        video = recording
+    else:
+        video = args.video
+    card = enroll(video, args.out, args.checkpoint, args.minutes, args.threads, progress=not args.quiet)
+    b, a = card["scores_before"], card["scores_after"]
+    print(f"enrolled {card['video']}: {card['seconds']:.0f} s ({card['speech_seconds']:.0f} s of speech), trained "
+          f"{card['steps']} steps in {card['train_seconds']} s on frames {card['train_frames'][0]}-"
+          f"{card['train_frames'][1] - 1}; scored on the held-out frames {card['held_out_frames'][0]}-"
+          f"{card['held_out_frames'][1] - 1}; peak memory {card['peak_memory_mb']} MB")
+    print(f"{'held-out score':<26}{'before':>8}{'after':>8}")
+    for key, label in (("sharpness", "sharpness ratio ↑"), ("opening", "mouth-opening ratio →1"),
+                       ("coupling", "audio-mouth coupling ↑"), ("lip_error", "lip-landmark error % ↓"),
+                       ("ssim_low", "lower-face SSIM ↑"), ("expert_conf", "expert confidence ↑")):
+        if key in b and key in a:
+            print(f"{label:<26}{b[key]:>8.3f}{a[key]:>8.3f}")
+    print(f"wrote {args.out}: use it with realtime run | cam | serve --checkpoint {args.out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     return _run_job(args, DEMO_FACE, DEMO_SPEECH, args.out)
 
@@ -157,6 +186,30 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(r)
     _disclosure_options(r, files=True)
     r.set_defaults(func=cmd_run)
+    from realtime.enroll import GOOD_VIDEO
+
+    e = sub.add_parser("enroll", help="fine-tune a personal model on a minute or three of one person speaking",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GOOD_VIDEO,
+                       description="Fine-tune the default generator (or --checkpoint) on a recording of one "
+                                   "person talking in their own voice, on the CPU within --minutes, and write "
+                                   "one file: the weights and a card (the video, the frames trained on and held "
+                                   "out, the scores on the held-out last 20 % before and after). --camera "
+                                   "records the user first, showing sentences to read aloud.")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", type=Path, help="a recording of the person speaking (any container, rate)")
+    src.add_argument("--camera", default=None, metavar="DEVICE",
+                     help="record from this camera (index or device) and the microphone first")
+    e.add_argument("--seconds", type=positive, default=120, help="--camera: seconds to record (default: 120)")
+    e.add_argument("--microphone", default=None, metavar="DEVICE",
+                   help="--camera: audio input (see realtime devices; default: the default input)")
+    e.add_argument("--out", type=Path, required=True, help="the personal model to write, e.g. me.dubcam")
+    e.add_argument("--checkpoint", type=Path, default=None,
+                   help="the generator to start from (default: the bundled one)")
+    e.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget, all steps (default: 10)")
+    e.add_argument("--threads", type=positive, default=None, help="torch threads (default: torch's choice)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_enroll)
     from realtime.cli_live import add_live_commands
 
     add_live_commands(sub)
@@ -201,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     old_sigterm = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return args.func(args)
-    except (FileNotFoundError, AudioError, MediaError, CheckpointError, BackendError, NoFaceError,
+    except (FileNotFoundError, FileExistsError, AudioError, MediaError, CheckpointError, BackendError, NoFaceError,
             DeviceError, ValueError) as e:
         print(f"realtime: error: {e}", file=sys.stderr)
         return 2

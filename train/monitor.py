@@ -10,7 +10,9 @@ reference too), mel windows centred on the frames. It reports
 
 * ``l1``, ``psnr`` (dB), ``ssim`` of the generated vs real face crops
   (:func:`engine.metrics.psnr` / :func:`engine.metrics.ssim` on [0, 1]
-  images, averaged over frames);
+  images, averaged over frames), and ``ssim_low``, the SSIM of their lower
+  halves (rows S/2…S: nose to chin, what the generator redraws; the
+  SSIMlow column of ``tools/evaluate.py``);
 * with AV-HuBERT weights and clips that carry mouth-ROI data: ``AVSu``,
   ``AVSm``, ``AVSv`` (:func:`engine.metrics.avs_scores`) of the clip with the
   generated faces pasted back (``train.roi``, the compositor's paste) against
@@ -107,7 +109,7 @@ class Monitor:
             return {}
         was_training = gen.training
         gen.eval()
-        quality, avs_features, lse = {"l1": [], "psnr": [], "ssim": []}, [], []
+        quality, avs_features, lse = {"l1": [], "psnr": [], "ssim": [], "ssim_low": []}, [], []
         mouth = {"var_real": [], "var_fake": [], "opening": [], "coupling": [], "lip_error": [],
                  "expert_conf": [], "expert_conf_real": []}
         for clip in self.clips:
@@ -120,6 +122,7 @@ class Monitor:
             for f, r in zip(fake.permute(0, 2, 3, 1).cpu().numpy(), real.permute(0, 2, 3, 1).cpu().numpy()):
                 quality["psnr"].append(psnr(r, f, data_range=1.0))
                 quality["ssim"].append(ssim(r, f, data_range=1.0))
+                quality["ssim_low"].append(ssim(r[len(r) // 2:], f[len(f) // 2:], data_range=1.0))
             if clip.landmarks is not None:
                 for key, value in self._mouth(clip, fake, real).items():
                     mouth[key].append(value)

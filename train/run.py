@@ -257,8 +257,12 @@ def _monitor(cfg: dict, sync_loss, device: torch.device, expert: SyncNetColor | 
     return monitor
 
 
-def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Generator:
+def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None) -> Generator:
     """Run the recipe of ``cfg`` (see :data:`DEFAULTS`); returns the trained generator (eval mode).
+
+    ``on_step(step, seconds, scores)``: called after every step with the
+    training seconds spent so far and, at the steps the monitor scored, its
+    scores (else None): a progress bar (``realtime enroll``).
 
     ``resume`` continues ``<out>/last.pt`` (a warning when there is none);
     without it, an out folder that holds a run (``last.pt``) is refused
@@ -450,8 +454,11 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False) -> Generator
                          rate)
         # Validation before the checkpoint of the same step: last.pt then holds the best score that
         # best.pt was kept for (a resumed run compares with it) and the RNG state after validation.
+        scored = None
         if monitor is not None and cfg["monitor"]["every"] and step % cfg["monitor"]["every"] == 0:
-            validate()
+            scored = validate()
+        if on_step is not None:
+            on_step(step, spent, scored)
         if step % cfg["ckpt_every"] == 0:
             if world > 1:
                 _broadcast_buffers(gen, disc)
