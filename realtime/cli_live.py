@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.audio import SAMPLE_RATE
-from realtime.options import model_options, pipeline_factory
+from realtime.options import Profiles, model_options, pipeline_factory
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -167,8 +167,10 @@ def cmd_serve(args) -> int:
                              "give a token, leave --token out to have one generated, or pass --no-token")
         token = None  # on loopback no token is needed anyway
     _check_listen(args.host, args.port)
+    profiles = Profiles(args.profiles, args) if args.profiles is not None else None
     server = Server(pipeline_factory(args), host=args.host, token=token, max_sessions=args.max_sessions,
-                    latency_s=args.latency, make_gauge=(lambda: _gauge(args)) if args.sync_gauge else None)
+                    latency_s=args.latency, make_gauge=(lambda: _gauge(args)) if args.sync_gauge else None,
+                    profiles=profiles)
     serve(server, args.host, args.port)
     return 0
 
@@ -349,6 +351,9 @@ def add_live_commands(sub, voice_default: str = "en") -> None:
     s.add_argument("--max-sessions", type=_at_least_one, default=4, help="sessions at once, ≥ 1 (default: 4)")
     s.add_argument("--latency", type=float, default=None, metavar="SECONDS",
                    help="added latency the output is scheduled at (default: mel lookahead + chunk + 0.1 s)")
+    s.add_argument("--profiles", type=Path, default=None, metavar="DIR",
+                   help="personal models (realtime enroll) a session may pick: each DIR/NAME.dubcam, asked for by "
+                        'the offer\'s "profile": "NAME" (default: every session runs --checkpoint\'s model)')
     _sync_options(s)
     model_options(s)
     s.set_defaults(func=cmd_serve)

@@ -68,6 +68,40 @@ def pipeline_factory(args):
     return lambda: Pipeline(backend, config)
 
 
+class Profiles:
+    """Personal models (``realtime enroll``) that ``serve`` offers, one per session: each ``*.dubcam`` of a folder.
+
+    ``names``: the profiles (file stems), sorted. ``pipeline(name)``: a new
+    Pipeline on that profile's generator, loaded the first time a session
+    asks for it (thread-safe; later sessions share the backend), with the
+    model options of ``args`` (backend, device, chunk, disclosure).
+
+    Raises ValueError when ``folder`` is not a folder or holds no ``.dubcam``
+    file; ``pipeline`` raises KeyError for a name not in ``names``, and what
+    :func:`pipeline_factory` raises for a file that does not load.
+    """
+
+    def __init__(self, folder: Path, args):
+        import threading
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"--profiles {folder}: not a folder")
+        self.paths = {p.stem: p for p in sorted(folder.glob("*.dubcam"))}
+        if not self.paths:
+            raise ValueError(f"--profiles {folder}: no .dubcam file there (realtime enroll writes them)")
+        self.names = sorted(self.paths)
+        self._args, self._made, self._lock = args, {}, threading.Lock()
+
+    def pipeline(self, name: str):
+        with self._lock:
+            if name not in self._made:
+                self._made[name] = pipeline_factory(argparse.Namespace(**{**vars(self._args),
+                                                                          "checkpoint": self.paths[name]}))
+            make = self._made[name]
+        return make()
+
+
 def positive(text: str) -> int:
     """argparse type: an integer ≥ 1."""
     n = int(text)

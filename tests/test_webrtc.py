@@ -312,3 +312,55 @@ def test_access_log_redacts_the_token_and_errors_hide_internals(small_checkpoint
     assert "GET /?token=[redacted]" in log and "GET /sessions?token=[redacted]&x=1" in log, out
     printed = out.replace(f"?token={secret} (Ctrl-C stops)", "")  # the address to open is printed once
     assert secret not in printed, out
+
+
+def test_serve_profiles_one_personal_model_per_session(make_pipeline, media, restore_ice, small_generator, tmp_path):
+    """serve --profiles: a session asks for an enrolled model by name and runs on it; an unknown name is refused
+    with the names there are; sessions that ask for none run the default model."""
+    import argparse
+
+    from engine.models.generator import save_generator
+    from realtime.options import Profiles
+    from realtime.webrtc.server import Server
+
+    for name in ("ana", "ben"):  # two personal models (realtime enroll writes generator files named *.dubcam)
+        save_generator(small_generator, tmp_path / f"{name}.dubcam", {"enrollment": {"video": f"{name}.mp4"}})
+    args = argparse.Namespace(checkpoint=None, backend="onnxruntime", device="cpu", int8=False, size=None, chunk=5,
+                              batching="ready", no_watermark=False, label=None, label_corner="top-left")
+    profiles = Profiles(tmp_path, args)
+    assert profiles.names == ["ana", "ben"]
+    loaded = []
+    pipeline = profiles.pipeline
+
+    def tracked(name):
+        loaded.append(name)
+        return pipeline(name)
+
+    profiles.pipeline = tracked
+    frames, speech = media
+    server = Server(make_pipeline, latency_s=0.5, profiles=profiles)
+    seen = []
+
+    async def scenario():
+        runner, url = await started(server)
+        try:
+            unknown = await call(url, frames, speech, 0, profile="carl")
+            ben = await call(url, frames, speech, 3, profile="ben",
+                             on_connected=lambda: seen.extend(s.stats()["profile"] for s in server.sessions.values()))
+            default = await call(url, frames, speech, 2)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + "sessions") as res:
+                    listed = await res.json()
+            return unknown, ben, default, listed
+        finally:
+            await runner.cleanup()
+
+    unknown, ben, default, listed = asyncio.run(scenario())
+    assert unknown.status == 400 and "carl" in unknown.error and "ana, ben" in unknown.error
+    assert ben.status == 200 and ben.frames > 0 and seen == ["ben"] and loaded == ["ben"]
+    assert default.status == 200 and default.frames > 0 and len(make_pipeline.made) == 1  # the default model
+    assert listed["profiles"] == ["ana", "ben"]
+    with pytest.raises(ValueError, match="no .dubcam"):
+        Profiles(ROOT / "configs", args)
+    with pytest.raises(ValueError, match="not a folder"):
+        Profiles(tmp_path / "ana.dubcam", args)

@@ -138,11 +138,12 @@ class Call:
 
 
 async def call(url: str, frames: np.ndarray, speech: np.ndarray, seconds: float, token: str | None = None,
-               send_only: bool = False, on_connected=None) -> Call:
+               send_only: bool = False, on_connected=None, profile: str | None = None) -> Call:
     """One client: offer the clip and the speech, stay ``seconds`` after the answer, hang up (``pc.close()``).
 
     ``send_only``: the offer's transceivers are ``sendonly`` (the peer wants nothing back).
     ``on_connected``: called once the peer connection is ``connected``.
+    ``profile``: the personal model to ask for (``serve --profiles``).
     """
     import aiohttp
     import aiortc
@@ -181,6 +182,8 @@ async def call(url: str, frames: np.ndarray, speech: np.ndarray, seconds: float,
         body = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
         if token is not None:
             body["token"] = token
+        if profile is not None:
+            body["profile"] = profile
         async with aiohttp.ClientSession() as http:
             async with http.post(url + "offer", json=body) as res:
                 answer = await res.json()

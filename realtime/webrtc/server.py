@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import hmac
 import itertools
@@ -150,6 +151,7 @@ class Session:
     connected_at: float | None = None
     last_media: float = 0.0
     on_inputs_ended: Callable[[], None] | None = None
+    profile: str | None = None  # the personal model (--profiles) it runs, None: the service's default
     _rate: deque = field(default_factory=lambda: deque(maxlen=12))  # (clock, frames_out), one per 0.25 s
 
     def add_input(self, track, sends_back: bool) -> None:
@@ -207,7 +209,8 @@ class Session:
             (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
             fps = round((n1 - n0) / (t1 - t0), 1)
         passed = sum(st.passthrough.values())
-        return {"id": self.id, "state": self.pc.connectionState, "sends_back": self.sends_back,
+        return {"id": self.id, "profile": self.profile, "state": self.pc.connectionState,
+                "sends_back": self.sends_back,
                 "frames_in": st.frames_in, "frames_out": st.frames_out, "generated": st.generated,
                 "passthrough": dict(st.passthrough),
                 "passthrough_share": round(passed / st.frames_out, 3) if st.frames_out else None,
@@ -229,6 +232,8 @@ class Server:
         media_timeout_s: a connected session that has received no media this long is ended.
         make_gauge: returns a new :class:`realtime.gauge.SyncGauge` per session (the live sync gauge and
             its fallback; its reading is in :meth:`Session.stats` and on the page), or None.
+        profiles: personal models a session may ask for by name (the offer's ``"profile"`` field; see
+            :class:`realtime.options.Profiles`), or None: every session runs ``make_pipeline``'s model.
 
     Raises:
         ValueError: ``max_sessions`` < 1 or a timeout ≤ 0.
@@ -236,13 +241,13 @@ class Server:
 
     def __init__(self, make_pipeline: Callable[[], Pipeline], host: str = "127.0.0.1", token: str | None = None,
                  max_sessions: int = 4, latency_s: float | None = None, connect_timeout_s: float = 10.0,
-                 media_timeout_s: float = 2.0, make_gauge: Callable[[], object] | None = None):
+                 media_timeout_s: float = 2.0, make_gauge: Callable[[], object] | None = None, profiles=None):
         if max_sessions < 1:
             raise ValueError("--max-sessions must be ≥ 1")
         if connect_timeout_s <= 0 or media_timeout_s <= 0:
             raise ValueError("the connect and media timeouts must be > 0 s")
         self.make_pipeline, self.max_sessions, self.latency_s = make_pipeline, max_sessions, latency_s
-        self.make_gauge = make_gauge
+        self.make_gauge, self.profiles = make_gauge, profiles
         self.host, self.connect_timeout_s, self.media_timeout_s = host, connect_timeout_s, media_timeout_s
         self.token = token if token is not None or is_loopback(host) else secrets.token_urlsafe(16)
         self.sessions: dict[int, Session] = {}
@@ -273,7 +278,8 @@ class Server:
         if not self._authorised(request, dict(request.query)):
             return web.json_response({"error": "a valid token is required"}, status=403)
         return web.json_response({"sessions": [s.stats() for s in self.sessions.values()],
-                                  "max_sessions": self.max_sessions})
+                                  "max_sessions": self.max_sessions,
+                                  "profiles": self.profiles.names if self.profiles else []})
 
     async def offer(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":  # a cross-site form cannot send JSON without CORS
@@ -291,17 +297,26 @@ class Server:
         why = check_offer(offer.sdp)
         if why is not None:
             return web.json_response({"error": f"bad offer: {why}"}, status=400)
+        profile = params.get("profile")
+        make = self.make_pipeline
+        if profile is not None:
+            names = self.profiles.names if self.profiles else []
+            if profile not in names:
+                return web.json_response({"error": f"no profile {str(profile)[:64]!r}; there are: "
+                                                   f"{', '.join(names) or 'none (serve --profiles DIR)'}"}, status=400)
+            make = functools.partial(self.profiles.pipeline, profile)
         if len(self.sessions) + self._starting >= self.max_sessions:
             return web.json_response({"error": f"busy: {self.max_sessions} sessions already (--max-sessions)"},
                                      status=503)
         self._starting += 1
         try:
             loop = asyncio.get_running_loop()
-            pipeline = await loop.run_in_executor(None, self.make_pipeline)
+            pipeline = await loop.run_in_executor(None, make)
             gauge = await loop.run_in_executor(None, self.make_gauge) if self.make_gauge else None
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             session = Session(next(self._ids), pc, pipeline,
                               LiveRunner(pipeline, MediaClock(), self.latency_s, gauge=gauge).start())
+            session.profile = profile
             self.sessions[session.id] = session
         finally:
             self._starting -= 1
