@@ -93,7 +93,8 @@ def test_virtual_mic_plays_the_microphone_speech_delayed_by_the_pipeline_latency
             k = int(np.argmax(cw))
             matches.append(cw[k] / max(1e-9, np.sqrt((a ** 2).sum() * (b[k: k + w] ** 2).sum())))
     print(f"virtual mic delay {1000 * lag:.1f} ms, reported latency {1000 * L:.1f} ms, speech windows matched "
-          f"{np.round(matches, 2).tolist()}, video p95 {1000 * report.latency_p95:.1f} ms; clock re-anchored: "
+          f"{np.round(matches, 2).tolist()}, video p95 {1000 * report.latency_p95:.1f} ms, generated {report.generated} of "
+          f"{report.frames} (passed through {report.passthrough}); clock re-anchored: "
           f"microphone {mic._stamp.resets}, virtual mic {sinks[0].jumps} (underflows {sinks[0].underflows}, "
           f"last error {1000 * sinks[0].error_s:.1f} ms); the speech started {started[1] - started[0]:.1f} s after the "
           f"virtual mic opened")
