@@ -48,6 +48,10 @@ def default_latency(pipeline: Pipeline, fps: float = 25.0, compute_s: float = 0.
     return pipeline.info.lookahead_s + filling + compute_s
 
 
+KEEP_FRAMES = 15000
+"""Per-frame figures a live session keeps: the last 10 minutes at 25 fps."""
+
+
 @dataclass
 class LiveStats:
     """What a live session did, frame by frame.
@@ -59,7 +63,9 @@ class LiveStats:
     ``small_face``. skipped: frames never shown because the output side was
     slower than the capture. latencies: per shown frame, wall time it left −
     its capture time (s). ready: per generated frame, wall time its
-    composite was ready − capture time (s). max_queue: most frames ever
+    composite was ready − capture time (s). Both keep the last
+    :data:`KEEP_FRAMES` frames only (a session may run for days; the
+    counters above cover all of it). max_queue: most frames ever
     waiting for the generator. silence_s: driving audio filled with silence
     because none arrived. sync: the sync gauge's latest reading
     (``realtime.gauge.GaugeReading.as_dict``), or None without a gauge.
@@ -70,8 +76,8 @@ class LiveStats:
     generated: int = 0
     skipped: int = 0
     passthrough: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
-    ready: list[float] = field(default_factory=list)
+    latencies: deque = field(default_factory=lambda: deque(maxlen=KEEP_FRAMES))
+    ready: deque = field(default_factory=lambda: deque(maxlen=KEEP_FRAMES))
     max_queue: int = 0
     silence_s: float = 0.0
     first_out: float | None = None

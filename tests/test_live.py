@@ -53,7 +53,8 @@ def test_slow_generator_passes_frames_through_instead_of_growing_latency(backend
     assert [f.t for f in shown] == sorted(f.t for f in shown) and len(shown) == 100  # every frame, in order
     assert report.latency_p95 <= bound and max(st.latencies) <= bound + 1 / 25
     # no growth over the clip: the last second leaves as fast as the first
-    assert np.mean(st.latencies[-25:]) <= np.mean(st.latencies[:25]) + 1 / 25
+    lat = list(st.latencies)
+    assert np.mean(lat[-25:]) <= np.mean(lat[:25]) + 1 / 25
     assert st.max_queue <= runner.max_queue  # the queue in front of the generator is bounded
     passed = st.passthrough.get("dropped", 0) + st.passthrough.get("late", 0)
     assert passed >= 20 and passed + report.generated == 100, st.passthrough
@@ -73,7 +74,6 @@ def test_frames_keep_flowing_when_network_audio_stops(backend):
     clock = MediaClock()
     video, _ = paced_clip(clock, seconds=3.0)
     tcp = TcpPcmSource(clock, "127.0.0.1", 0)
-    received = []
 
     def send():
         with socket.create_connection(tcp.address) as s:
@@ -337,3 +337,14 @@ def test_network_audio_is_loopback_by_default_and_needs_a_token_elsewhere():
         sender.join()
         src.close()
     assert np.allclose(samples, 0.25, atol=1e-3)
+
+
+def test_live_stats_keep_a_bounded_window_of_per_frame_figures():
+    """A session may run for days: the per-frame latencies and ready times keep the last KEEP_FRAMES only."""
+    from realtime.live import KEEP_FRAMES, LiveStats
+
+    st = LiveStats()
+    for i in range(KEEP_FRAMES + 1000):
+        st.latencies.append(i / 1000)
+        st.ready.append(i / 1000)
+    assert len(st.latencies) == len(st.ready) == KEEP_FRAMES and st.latencies[0] == 1.0
