@@ -160,7 +160,8 @@ class DeviceClock:
     lower envelope would otherwise keep for many seconds), or on a jump over
     ``reset_s``. Stamps of consecutive blocks so differ from the count by
     at most ``leak`` (or a move earlier): :class:`AudioDelay`
-    spreads such small steps over the block.
+    spreads such small steps over the block. :meth:`place` does the same
+    for items that carry their own timestamps (a WebRTC peer's frames).
     """
 
     def __init__(self, window: int = 100, leak: float = 0.005, recent: int = 25, shift_s: float = 0.03,
@@ -169,19 +170,35 @@ class DeviceClock:
         self._offsets: deque[float] = deque(maxlen=window)
         self._anchor: float | None = None
         self._count = 0
+        self._last: float | None = None  # the last position placed (s)
         self.resets = 0
 
     def stamp(self, n: int, t_seen: float, lost: bool = False) -> float:
-        offset = t_seen - self._count / SAMPLE_RATE
+        t = self.place(self._count / SAMPLE_RATE, t_seen, lost)
+        self._count += n
+        return t
+
+    def place(self, position_s: float, t_seen: float, lost: bool = False) -> float:
+        """The session time of the media at ``position_s`` on the stream's own timeline, seen at ``t_seen``.
+
+        What :meth:`stamp` does by sample count, for a stream whose items
+        carry their own timestamps (aiortc's and PyAV's frames: ``pts ×
+        time_base``): the anchor is the lower envelope of ``t_seen −
+        position_s``, so network or scheduling jitter is taken out and the
+        stream keeps its own spacing. A position that goes back, or jumps by
+        more than ``reset_s`` (a new stream), re-anchors.
+        """
+        offset = t_seen - position_s
         recent = list(self._offsets)[-self.recent:] + [offset]
-        if self._anchor is None or lost or abs(offset - self._anchor) > self.reset_s or (
+        backwards = self._last is not None and position_s < self._last
+        if self._anchor is None or lost or backwards or abs(offset - self._anchor) > self.reset_s or (
                 len(recent) > self.recent and min(recent) - self._anchor > self.shift_s):
             self.resets += self._anchor is not None
             self._anchor = offset
             self._offsets.clear()
         self._offsets.append(offset)
         floor = min(self._offsets)
-        self._anchor = floor if floor < self._anchor else min(floor, self._anchor + self.leak * n / SAMPLE_RATE)
-        t = self._anchor + self._count / SAMPLE_RATE
-        self._count += n
-        return t
+        step = 0.0 if self._last is None else position_s - self._last
+        self._anchor = floor if floor < self._anchor else min(floor, self._anchor + self.leak * step)
+        self._last = position_s
+        return self._anchor + position_s

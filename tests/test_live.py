@@ -348,3 +348,22 @@ def test_live_stats_keep_a_bounded_window_of_per_frame_figures():
         st.latencies.append(i / 1000)
         st.ready.append(i / 1000)
     assert len(st.latencies) == len(st.ready) == KEEP_FRAMES and st.latencies[0] == 1.0
+
+
+def test_frames_keep_their_own_pts_through_network_jitter():
+    """DeviceClock.place: frames with regular pts that arrive with jitter (0-60 ms late, as over a network) keep their
+    own spacing on the session clock; a stream whose pts start over (a new track) re-anchors."""
+    from realtime.clock import DeviceClock
+
+    rng = np.random.default_rng(0)
+    timeline = DeviceClock()
+    pts = 1000.0 + np.arange(100) / 25  # the sender's clock
+    arrival = 5.0 + np.arange(100) / 25 + rng.uniform(0, 0.06, 100)
+    placed = np.array([timeline.place(p, a) for p, a in zip(pts, arrival)])
+    steps = np.diff(placed)
+    # the jitter is gone: frames keep their 40 ms spacing, but for the few steps where the envelope moved earlier
+    assert np.all(steps <= 1 / 25 + 1e-9) and (np.abs(steps - 1 / 25) > 1e-9).sum() <= 6
+    assert np.diff(arrival).std() > 0.02  # (what arrived was not spaced so)
+    assert np.all(placed <= arrival + 1e-9)  # never later than the frame was seen
+    again = timeline.place(3.0, 9.5)  # pts back to the start: a new stream
+    assert again == pytest.approx(9.5) and timeline.resets == 1

@@ -1,9 +1,10 @@
 """The tracks of one WebRTC session, in the shape of aiortc's media contract (``async recv()``).
 
 In: :func:`pump_video` and :func:`pump_audio` read the browser's camera and
-driving-audio tracks into a :class:`~realtime.live.LiveRunner`, stamped
-with their arrival time on the session clock (audio by sample count, see
-:class:`~realtime.clock.StreamClock`, resampled to 16 kHz mono).
+driving-audio tracks into a :class:`~realtime.live.LiveRunner`, each item
+at its own pts put on the session clock (the lower envelope of arrival −
+pts, :meth:`~realtime.clock.DeviceClock.place`); audio resampled to 16 kHz
+mono.
 
 Out: :class:`VideoOutputTrack` pulls the lip-synced frames from the runner,
 each ``latency_s`` after its capture; :class:`AudioOutputTrack` plays the
@@ -25,19 +26,23 @@ from aiortc.mediastreams import MediaStreamError
 
 from engine.audio import SAMPLE_RATE
 from realtime.live import LiveRunner
-from realtime.clock import StreamClock
+from realtime.clock import DeviceClock
 
 VIDEO_CLOCK = 90_000  # RTP video clock rate (Hz)
 log = logging.getLogger("realtime.webrtc")
 
 
 async def pump_video(track: MediaStreamTrack, runner: LiveRunner | None, touch: Callable[[], None]) -> None:
-    """Every frame of ``track`` (any size) into ``runner`` as RGB, stamped on arrival, until the track ends.
+    """Every frame of ``track`` (any size) into ``runner`` as RGB, until the track ends.
 
-    ``touch()`` is called for each frame; with ``runner`` None the frames are
-    only read (so that aiortc's receive queue does not grow) and dropped.
+    A frame keeps its own timing: its pts (the sender's capture clock, RTP
+    time) is put on the session clock by :meth:`DeviceClock.place`, the
+    lower envelope of arrival − pts, so that network jitter does not move
+    the frames; a frame without pts is stamped on arrival. ``touch()`` is
+    called for each frame; with ``runner`` None the frames are only read (so
+    that aiortc's receive queue does not grow) and dropped.
     """
-    last = float("-inf")
+    timeline, last = DeviceClock(), float("-inf")
     while True:
         try:
             frame = await track.recv()
@@ -46,7 +51,9 @@ async def pump_video(track: MediaStreamTrack, runner: LiveRunner | None, touch: 
         touch()
         if runner is None:
             continue
-        t = max(runner.clock.now(), last + 1e-3)
+        now = runner.clock.now()
+        t = now if frame.pts is None or frame.time_base is None else timeline.place(pts_seconds(frame), now)
+        t = max(t, last + 1e-3)
         last = t
         runner.push_video(frame.to_ndarray(format="rgb24"), t)
 
@@ -54,10 +61,11 @@ async def pump_video(track: MediaStreamTrack, runner: LiveRunner | None, touch: 
 async def pump_audio(track: MediaStreamTrack, runner: LiveRunner | None, touch: Callable[[], None]) -> None:
     """The driving audio of ``track`` into ``runner`` as 16 kHz mono float32 until the track ends.
 
-    ``touch()`` and ``runner`` None as in :func:`pump_video`.
+    Timed by its own pts as :func:`pump_video`'s frames (by sample count
+    where a frame has none); ``touch()`` and ``runner`` None as there.
     """
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    stamp = StreamClock(tolerance_s=0.1)
+    timeline = DeviceClock()
     while True:
         try:
             frame = await track.recv()
@@ -68,8 +76,17 @@ async def pump_audio(track: MediaStreamTrack, runner: LiveRunner | None, touch: 
             continue
         for f in resampler.resample(frame):
             samples = f.to_ndarray().reshape(-1).astype(np.float32)
-            t = stamp.stamp(len(samples), runner.clock.now() - len(samples) / SAMPLE_RATE)
+            seen = runner.clock.now() - len(samples) / SAMPLE_RATE
+            if f.pts is None or f.time_base is None:
+                t = timeline.stamp(len(samples), seen)
+            else:
+                t = timeline.place(pts_seconds(f), seen)
             runner.push_audio(samples, t)
+
+
+def pts_seconds(frame) -> float:
+    """A PyAV / aiortc frame's presentation time, s (``pts × time_base``; the frame must have both)."""
+    return float(frame.pts * frame.time_base)
 
 
 class VideoOutputTrack(MediaStreamTrack):
