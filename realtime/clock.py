@@ -194,7 +194,7 @@ class DeviceClock:
         if self._anchor is None or lost or backwards or abs(offset - self._anchor) > self.reset_s or (
                 len(recent) > self.recent and min(recent) - self._anchor > self.shift_s):
             self.resets += self._anchor is not None
-            self._anchor = offset
+            self._anchor, self._last = offset, None
             self._offsets.clear()
         self._offsets.append(offset)
         floor = min(self._offsets)
