@@ -9,8 +9,8 @@ of the user talking in their own voice, on the CPU, within a time budget:
 2. its last :data:`HELD_OUT` (20 %) is held out: never trained on, it is
    what the scores before and after are measured on;
 3. the first 80 % trains the generator with ``train.run``'s own step (not a
-   copy): L1 (lower half weighted), the image-gradient loss, the opening
-   losses and the lip expert's sync loss, the audio encoder frozen (the
+   copy): L1 (lower half weighted), the image-gradient loss and the lip
+   expert's sync loss, the audio encoder frozen (the
    expert's, paper §3.2), so that timing stays the base model's and
    appearance (teeth, lips, skin) becomes the person's;
 4. one file is written (atomically): the weights in dubcam's generator
@@ -190,11 +190,13 @@ def _sha256(path: Path) -> str:
 
 def enrollment_config(base_config: dict, data: Path, out: Path, minutes: float, threads: int | None,
                       held_out_frames: int) -> dict:
-    """The ``train.run`` config of an enrollment: the stage-2 recipe of the bundled generator
-    (``configs/default_cpu_opening.yaml``) at a lower learning rate, one clip, no augmentation (the colour
-    jitter would teach skin tones that are not the person's), no GAN (a fresh discriminator does not
-    learn in minutes), the bundled lip expert and mouth-opening regressor."""
-    from engine.bundled import LIP_EXPERT, MOUTH_OPENING
+    """The ``train.run`` config of an enrollment: the bundled generator's recipe (``configs/default_cpu.yaml``:
+    L1 with the lower half weighted, the image-gradient loss, the lip expert's sync loss) at a lower learning
+    rate, one clip, no augmentation (the colour jitter would teach skin tones that are not the person's), no
+    GAN (a fresh discriminator does not learn in minutes). No opening losses: fine-tuned with them on one
+    person for 10 minutes, the mouth became a dark line over a blurred chin that the regressor and the
+    landmarks read as an open mouth (held-out opening 0.29 → 1.02, lower-face SSIM 0.66 → 0.62; issue 10)."""
+    from engine.bundled import LIP_EXPERT
     from train.config import ModelConfig
 
     return {
@@ -203,8 +205,8 @@ def enrollment_config(base_config: dict, data: Path, out: Path, minutes: float, 
         "audio_encoder": "expert" if base_config.get("audio") == "expert" else "train",
         "k": 5, "batch_size": 8, "lr": 1e-4, "steps": 10**7, "time_limit_min": minutes,
         "loss": {"l1": 10.0, "l1_lower_weight": 3.0, "grad": 5.0, "gan": 0.0, "perceptual": 0.0,
-                 "sync": 0.3, "sync_start": 0, "opening": 0.3, "opening_amplitude": 1.0},
-        "sync": {"kind": "syncnet"}, "weights": {"syncnet": str(LIP_EXPERT), "opening": str(MOUTH_OPENING)},
+                 "sync": 0.3, "sync_start": 0, "opening": 0.0, "opening_amplitude": 0.0},
+        "sync": {"kind": "syncnet"}, "weights": {"syncnet": str(LIP_EXPERT)},
         "augment": False, "identity": "held", "disc_width": 0.25, "disc_region": "lower",
         "monitor": {"every": 100, "clips": 1, "max_frames": min(SCORE_FRAMES, held_out_frames)},
         "threads": threads, "log_every": 25, "ckpt_every": 10**6, "device": "auto",
