@@ -318,6 +318,7 @@ def test_serve_profiles_one_personal_model_per_session(make_pipeline, media, res
     """serve --profiles: a session asks for an enrolled model by name and runs on it; an unknown name is refused
     with the names there are; sessions that ask for none run the default model."""
     import argparse
+    import gc
 
     from engine.models.generator import save_generator
     from realtime.options import Profiles
@@ -327,16 +328,15 @@ def test_serve_profiles_one_personal_model_per_session(make_pipeline, media, res
         save_generator(small_generator, tmp_path / f"{name}.dubcam", {"enrollment": {"video": f"{name}.mp4"}})
     args = argparse.Namespace(checkpoint=None, backend="onnxruntime", device="cpu", int8=False, size=None, chunk=5,
                               batching="ready", no_watermark=False, label=None, label_corner="top-left")
-    profiles = Profiles(tmp_path, args)
-    assert profiles.names == ["ana", "ben"]
     loaded = []
-    pipeline = profiles.pipeline
 
-    def tracked(name):
-        loaded.append(name)
-        return pipeline(name)
+    class Counted(Profiles):
+        def pipeline(self, name):
+            loaded.append(name)
+            return super().pipeline(name)
 
-    profiles.pipeline = tracked
+    profiles = Counted(tmp_path, args)
+    assert profiles.names == ["ana", "ben"]
     frames, speech = media
     server = Server(make_pipeline, latency_s=0.5, profiles=profiles)
     seen = []
@@ -360,6 +360,8 @@ def test_serve_profiles_one_personal_model_per_session(make_pipeline, media, res
     assert ben.status == 200 and ben.frames > 0 and seen == ["ben"] and loaded == ["ben"]
     assert default.status == 200 and default.frames > 0 and len(make_pipeline.made) == 1  # the default model
     assert listed["profiles"] == ["ana", "ben"]
+    del server, profiles  # the profiles' backends go now, not at interpreter exit
+    gc.collect()
     with pytest.raises(ValueError, match="no .dubcam"):
         Profiles(ROOT / "configs", args)
     with pytest.raises(ValueError, match="not a folder"):
