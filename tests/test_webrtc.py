@@ -360,7 +360,7 @@ def test_serve_profiles_one_personal_model_per_session(make_pipeline, media, res
     assert ben.status == 200 and ben.frames > 0 and seen == ["ben"] and loaded == ["ben"]
     assert default.status == 200 and default.frames > 0 and len(make_pipeline.made) == 1  # the default model
     assert listed["profiles"] == ["ana", "ben"]
-    del server, profiles  # the profiles' backends go now, not at interpreter exit
+    server = profiles = None  # the profiles' backends go now, not at interpreter exit
     gc.collect()
     with pytest.raises(ValueError, match="no .dubcam"):
         Profiles(ROOT / "configs", args)
