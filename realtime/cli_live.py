@@ -79,7 +79,7 @@ def _gauge(args):
 def _status_line(runner) -> None:
     """``realtime cam``'s status line: fps, latency, generated vs passed through, and the sync gauge."""
     st = runner.stats
-    recent = list(st.latencies)[-50:]
+    recent = st.recent_latencies(50)
     p95 = 1000 * float(np.percentile(recent, 95)) if recent else 0.0
     passed = sum(st.passthrough.values())
     line = f"{st.frames_out} frames, {st.generated} dubbed, {passed} passed through, latency p95 {p95:.0f} ms"

@@ -28,7 +28,6 @@ a camera and microphone first, prompting Harvard sentences to read aloud.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import resource
@@ -180,14 +179,6 @@ def split_recording(arrays: dict[str, np.ndarray], held_out: float = HELD_OUT) -
     return parts[0], parts[1]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def enrollment_config(base_config: dict, data: Path, out: Path, minutes: float, threads: int | None,
                       held_out_frames: int) -> dict:
     """The ``train.run`` config of an enrollment: the bundled generator's recipe (``configs/default_cpu.yaml``:
@@ -230,7 +221,8 @@ def enroll(video: str | Path, out: str | Path, checkpoint: str | Path | None = N
             enrollment succeeded.
         checkpoint: the base generator (default: the bundled one).
         minutes: wall-clock budget for the whole enrollment, preprocessing
-            and scoring included (training gets what is left, at least 1).
+            and scoring included (training gets what is left, at least a
+            quarter of it).
         threads: torch threads (None: torch's choice).
         progress: a tqdm bar over the training time, with the running
             held-out scores.
@@ -248,8 +240,9 @@ def enroll(video: str | Path, out: str | Path, checkpoint: str | Path | None = N
     from engine.bundled import GENERATOR, LIP_EXPERT
     from engine.models.generator import Generator, save_generator
     from engine.models.syncnet import SyncNetColor
+    from engine.provenance import sha256_file
     from train.data import load_clip
-    from train.preprocess import Recording, preprocess_recording
+    from train.preprocess import Recording, preprocess_recording, write_manifest
     from train.run import train
 
     t0 = time.monotonic()
@@ -277,10 +270,10 @@ def enroll(video: str | Path, out: str | Path, checkpoint: str | Path | None = N
         (work / "clips").mkdir()
         np.savez(work / "clips" / "enrollee__train.npz", **train_part)
         np.savez(work / "clips" / "enrollee__heldout.npz", **held_part)
-        (work / "manifest.csv").write_text(
-            "clip,speaker,split,frames,frames_with_face,source\n"
-            f"enrollee__train,enrollee,train,{n_train},{int(train_part['valid'].sum())},{video}\n"
-            f"enrollee__heldout,enrollee,val,{T - n_train},{int(held_part['valid'].sum())},{video}\n")
+        write_manifest(work, [{"clip": f"enrollee__{name}", "speaker": "enrollee", "split": split,
+                               "frames": len(part["valid"]), "frames_with_face": int(part["valid"].sum()),
+                               "source": str(video)}
+                              for name, split, part in (("train", "train", train_part), ("heldout", "val", held_part))])
         shutil.copyfile(base_path, work / "base.pt")
         held = load_clip(work / "clips" / "enrollee__heldout.npz")
         expert = SyncNetColor.from_checkpoint(LIP_EXPERT).eval()
@@ -302,9 +295,9 @@ def enroll(video: str | Path, out: str | Path, checkpoint: str | Path | None = N
         log.info("held-out scores after: %s", _brief(after))
         steps, train_seconds = bar.step, round(bar.seconds)
     card = {
-        "video": video.name, "video_sha256": _sha256(video), "seconds": round(T / float(arrays["fps"]), 2),
+        "video": video.name, "video_sha256": sha256_file(video), "seconds": round(T / float(arrays["fps"]), 2),
         "speech_seconds": round(speech, 1), "frames": T, "train_frames": [0, n_train], "held_out_frames": [n_train, T],
-        "base": str(base_path.name), "base_sha256": _sha256(base_path), "budget_minutes": minutes,
+        "base": str(base_path.name), "base_sha256": sha256_file(base_path), "budget_minutes": minutes,
         "steps": steps, "train_seconds": train_seconds, "wall_seconds": round(time.monotonic() - t0),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "scores_before": before, "scores_after": after, "created": datetime.now(timezone.utc).isoformat(),

@@ -11,6 +11,7 @@ driver is :mod:`realtime.runner`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -83,6 +84,10 @@ class LiveStats:
     first_out: float | None = None
     last_out: float | None = None
     sync: dict | None = None
+
+    def recent_latencies(self, n: int) -> list[float]:
+        """The last ``n`` shown frames' latencies (s), oldest first (no copy of the whole window)."""
+        return list(itertools.islice(reversed(self.latencies), n))[::-1]
 
 
 class LiveRunner:

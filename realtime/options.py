@@ -90,7 +90,7 @@ class Profiles:
         self.paths = {p.stem: p for p in sorted(folder.glob("*.dubcam"))}
         if not self.paths:
             raise ValueError(f"--profiles {folder}: no .dubcam file there (realtime enroll writes them)")
-        self.names = sorted(self.paths)
+        self.names = list(self.paths)  # sorted: the paths were
         self._args, self._made, self._lock = args, {}, threading.Lock()
 
     def pipeline(self, name: str):

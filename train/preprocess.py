@@ -181,6 +181,17 @@ def preprocess_recording(rec: Recording, size: int = 96) -> dict[str, np.ndarray
             "roi_frames": regions, "roi_origin": origins, "frame_size": np.array(sizes, np.int32)}
 
 
+MANIFEST_COLUMNS = ["clip", "speaker", "split", "frames", "frames_with_face", "source"]
+
+
+def write_manifest(output: Path, rows: list[dict]) -> None:
+    """``<output>/manifest.csv``: one row per clip, :data:`MANIFEST_COLUMNS` (what ``train.data`` reads)."""
+    with open(Path(output) / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _work(job):
     rec, out, size = job
     try:
@@ -255,10 +266,7 @@ def main(argv=None) -> int:
             rows.append({"clip": rec.name, "speaker": rec.speaker, "split": splits[rec.name], "frames": n,
                          "frames_with_face": n_valid, "source": str(rec.path)})
     rows.sort(key=lambda r: r["clip"])
-    with open(args.output / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["clip"])
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(args.output, rows)
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
     log.info("wrote %d clips to %s (%s), %d failed", len(rows), args.output, counts, failed)
     if rows and not counts["val"]:

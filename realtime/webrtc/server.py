@@ -202,7 +202,7 @@ class Session:
         output fps over the last ~3 s, added latency (output − capture) p50 / p95 over the last 250 frames
         next to the scheduled one (ms), and the sync gauge's latest reading (``sync``; None without one)."""
         st = self.runner.stats
-        recent = list(st.latencies)[-RECENT_FRAMES:]
+        recent = st.recent_latencies(RECENT_FRAMES)
         p50, p95 = (1000 * np.percentile(recent, [50, 95])).round(1).tolist() if recent else (None, None)
         fps = None
         if len(self._rate) >= 2 and self._rate[-1][0] > self._rate[0][0]:
@@ -315,8 +315,7 @@ class Server:
             gauge = await loop.run_in_executor(None, self.make_gauge) if self.make_gauge else None
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             session = Session(next(self._ids), pc, pipeline,
-                              LiveRunner(pipeline, MediaClock(), self.latency_s, gauge=gauge).start())
-            session.profile = profile
+                              LiveRunner(pipeline, MediaClock(), self.latency_s, gauge=gauge).start(), profile=profile)
             self.sessions[session.id] = session
         finally:
             self._starting -= 1

@@ -52,7 +52,8 @@ async def pump_video(track: MediaStreamTrack, runner: LiveRunner | None, touch: 
         if runner is None:
             continue
         now = runner.clock.now()
-        t = now if frame.pts is None or frame.time_base is None else timeline.place(pts_seconds(frame), now)
+        pts = pts_seconds(frame)
+        t = now if pts is None else timeline.place(pts, now)
         t = max(t, last + 1e-3)
         last = t
         runner.push_video(frame.to_ndarray(format="rgb24"), t)
@@ -77,16 +78,14 @@ async def pump_audio(track: MediaStreamTrack, runner: LiveRunner | None, touch: 
         for f in resampler.resample(frame):
             samples = f.to_ndarray().reshape(-1).astype(np.float32)
             seen = runner.clock.now() - len(samples) / SAMPLE_RATE
-            if f.pts is None or f.time_base is None:
-                t = timeline.stamp(len(samples), seen)
-            else:
-                t = timeline.place(pts_seconds(f), seen)
+            pts = pts_seconds(f)
+            t = timeline.stamp(len(samples), seen) if pts is None else timeline.place(pts, seen)
             runner.push_audio(samples, t)
 
 
-def pts_seconds(frame) -> float:
-    """A PyAV / aiortc frame's presentation time, s (``pts × time_base``; the frame must have both)."""
-    return float(frame.pts * frame.time_base)
+def pts_seconds(frame) -> float | None:
+    """A PyAV / aiortc frame's presentation time, s (``pts × time_base``), or None when it has none."""
+    return None if frame.pts is None or frame.time_base is None else float(frame.pts * frame.time_base)
 
 
 class VideoOutputTrack(MediaStreamTrack):
