@@ -15,6 +15,7 @@ import collections
 import math
 import os
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -46,6 +47,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process as soon as pytest is done, with pytest's exit status.
+
+    The tests load native libraries that keep threads of their own (ONNX
+    Runtime's pools, MediaPipe's graph, PortAudio against the test's
+    PulseAudio server, which is gone by then). Their teardown at interpreter
+    exit once aborted the process (rc 134) after every test had passed, and a
+    CI run hung there past its time limit. The suite's verdict is final here,
+    so the process leaves without that teardown; the threads still alive are
+    named on stderr first, so that a leak shows.
+    """
+    alive = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if alive:
+        print(f"\nthreads still alive at the end of the tests: {', '.join(sorted(alive))}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(getattr(config, "_dubcam_exitstatus", 0)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._dubcam_exitstatus = exitstatus
 
 
 def wav2lip_file(tmp_path: Path, prefix: str = "module.") -> tuple[torch.nn.Module, Path]:
