@@ -43,6 +43,13 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _at_least_zero(text: str) -> int:
+    """An integer ≥ 0 (argparse type)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return int(text)
+
+
 def _check_listen(host: str, port: int) -> None:
     """DeviceError unless ``host:port`` can be bound now (checked before the model loads, so that it fails fast)."""
     import socket
@@ -354,6 +361,10 @@ def add_live_commands(sub, voice_default: str = "en") -> None:
     s.add_argument("--profiles", type=Path, default=None, metavar="DIR",
                    help="personal models (realtime enroll) a session may pick: each DIR/NAME.dubcam, asked for by "
                         'the offer\'s "profile": "NAME" (default: every session runs --checkpoint\'s model)')
+    s.add_argument("--shared-batch", type=_at_least_zero, default=16, metavar="FRAMES",
+                   help="the sessions' chunks that are ready at the same moment run as one generator call of at "
+                        "most FRAMES frames (engine.backends.shared; adds no wait); 0: each session calls the "
+                        "generator on its own (default: 16)")
     _sync_options(s)
     model_options(s)
     s.set_defaults(func=cmd_serve)

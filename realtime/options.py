@@ -46,6 +46,9 @@ def model_options(p: argparse.ArgumentParser) -> None:
 def pipeline_factory(args):
     """Load the backend once; return a function that makes a new Pipeline on it (one per live session).
 
+    With ``args.shared_batch`` > 0 (``serve``) the sessions share the backend's calls
+    (:class:`engine.backends.shared.SharedBatches`, at most that many frames per call).
+
     Raises FileNotFoundError (the bundled generator missing), ValueError (``--size`` that does not fit),
     and what ``engine.backends.load`` raises for a bad checkpoint.
     """
@@ -58,6 +61,10 @@ def pipeline_factory(args):
     backend = backends.load(ckpt, kind=args.backend, device=args.device, int8=args.int8)
     if args.size is not None and args.size != backend.info.size:
         raise ValueError(f"{ckpt} works on {backend.info.size}px faces, not --size {args.size}")
+    if getattr(args, "shared_batch", 0):
+        from engine.backends.shared import SharedBatches
+
+        backend = SharedBatches(backend, args.shared_batch)
     log.info("generator: %s (%s, %dpx) on %s", ckpt, backend.info.kind, backend.info.size, backend.name)
     config = PipelineConfig(chunk=args.chunk, batching=args.batching,
                             watermark=not getattr(args, "no_watermark", False),
