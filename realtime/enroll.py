@@ -186,7 +186,9 @@ def enrollment_config(base_config: dict, data: Path, out: Path, minutes: float, 
     rate, one clip, no augmentation (the colour jitter would teach skin tones that are not the person's), no
     GAN (a fresh discriminator does not learn in minutes). No opening losses: fine-tuned with them on one
     person for 10 minutes, the mouth became a dark line over a blurred chin that the regressor and the
-    landmarks read as an open mouth (held-out opening 0.29 → 1.02, lower-face SSIM 0.66 → 0.62; issue 10)."""
+    landmarks read as an open mouth (held-out opening 0.29 → 1.02, lower-face SSIM 0.66 → 0.62; issue 10).
+    BatchNorm keeps the base model's statistics (``freeze_norm``): batches of one person's frames would
+    otherwise replace them, and the model is run with them afterwards."""
     from engine.bundled import LIP_EXPERT
     from train.config import ModelConfig
 
@@ -198,7 +200,7 @@ def enrollment_config(base_config: dict, data: Path, out: Path, minutes: float, 
         "loss": {"l1": 10.0, "l1_lower_weight": 3.0, "grad": 5.0, "gan": 0.0, "perceptual": 0.0,
                  "sync": 0.3, "sync_start": 0, "opening": 0.0, "opening_amplitude": 0.0},
         "sync": {"kind": "syncnet"}, "weights": {"syncnet": str(LIP_EXPERT)},
-        "augment": False, "identity": "held", "disc_width": 0.25, "disc_region": "lower",
+        "augment": False, "identity": "held", "disc_width": 0.25, "disc_region": "lower", "freeze_norm": True,
         "monitor": {"every": 100, "clips": 1, "max_frames": min(SCORE_FRAMES, held_out_frames)},
         "threads": threads, "log_every": 25, "ckpt_every": 10**6, "device": "auto",
     }

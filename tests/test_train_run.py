@@ -227,3 +227,20 @@ def test_mixed_precision_steps_on_cuda(grid_train_data, tmp_path, avhubert_check
     state = safe_load(tmp_path / "last.pt")
     assert state["scaler"]["scale"] > 0 and "cuda_rng" in state
     assert all(torch.isfinite(p).all() for p in gen.parameters())
+
+
+def test_freeze_norm_keeps_the_batchnorm_statistics_while_the_weights_train(grid_train_data, tmp_path):
+    stats = {}
+    for freeze in (False, True):
+        out = tmp_path / str(freeze)
+        cfg = tiny(grid_train_data, out, freeze_norm=str(freeze).lower(), steps=3,
+                   **{"monitor.every": 2, "loss.sync": 0, "loss.gan": 0})
+        torch.manual_seed(cfg["seed"])  # the initialisation train() starts from
+        init = Generator(GeneratorConfig(**cfg["model"]))
+        gen = train(cfg)
+        bn = [(n, b) for n, b in gen.named_buffers() if n.endswith("running_mean")]
+        start = dict(init.named_buffers())
+        stats[freeze] = max(float((b - start[n]).abs().max()) for n, b in bn)
+        conv = [n for n, p in gen.named_parameters() if p.requires_grad and n.endswith("weight") and p.dim() == 4]
+        assert float((dict(gen.named_parameters())[conv[0]] - dict(init.named_parameters())[conv[0]]).abs().max()) > 0
+    assert stats[True] == 0.0 and stats[False] > 1e-4

@@ -144,6 +144,9 @@ class TrainConfig:
     disc_width: float = _f(1.0, "channel multiplier of the discriminator", gt=0)
     disc_region: Literal["face", "lower"] = _f(
         "face", "face: the discriminator sees whole faces (the paper); lower: the lower halves")
+    freeze_norm: bool = _f(False, "BatchNorm layers of the generator keep their running statistics (eval mode) while "
+                           "its weights train: fine-tuning on minutes of one person (realtime enroll), whose "
+                           "batches' statistics would otherwise replace those of the training data")
     log_every: int = _f(50, "steps between log lines", min=1)
     ckpt_every: int = _f(500, "steps between checkpoints (last.pt)", min=1)
     seed: int = _f(0, "seed of the data order and of the initialisation", min=0, lt=2**32)

@@ -257,6 +257,16 @@ def _monitor(cfg: dict, sync_loss, device: torch.device, expert: SyncNetColor | 
     return monitor
 
 
+def _train_mode(gen: Generator, freeze_norm: bool) -> None:
+    """``gen`` in train mode; with ``freeze_norm`` its BatchNorm layers stay in eval mode (running statistics
+    used and kept: config ``freeze_norm``)."""
+    gen.train()
+    if freeze_norm:
+        for m in gen.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None) -> Generator:
     """Run the recipe of ``cfg`` (see :data:`DEFAULTS`); returns the trained generator (eval mode).
 
@@ -372,6 +382,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         if last_validation.get("step") == step:
             return last_validation["scores"]
         scores = monitor(gen)
+        _train_mode(gen, cfg["freeze_norm"])  # the monitor put it back in train mode
         last_validation.update(step=step, scores=scores)
         for name, v in scores.items():
             tb.add_scalar(f"val/{name}", v, step)
@@ -391,7 +402,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         # for them, so TensorBoard shows each step once.
         tb = SummaryWriter(out / "tb", purge_step=step + 1 if step else None)
     limit_s = cfg["time_limit_min"] * 60 if cfg["time_limit_min"] else float("inf")
-    gen.train()
+    _train_mode(gen, cfg["freeze_norm"])
     disc.train()
     t_start = time.perf_counter() - spent
     t_log, step_log = time.perf_counter(), step
