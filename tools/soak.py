@@ -268,6 +268,8 @@ def soak_serve(args, model: list[str], logs: Path) -> Phase:
     cmd = [*REALTIME, "serve", "--webrtc", "--port", str(port), "--max-sessions", str(args.clients), *model]
     if args.latency:
         cmd += ["--latency", str(args.latency)]
+    if args.shared_batch is not None:
+        cmd += ["--shared-batch", str(args.shared_batch)]
     server = subprocess.Popen(cmd, stdout=(logs / "serve.log").open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         wait_port(port, server)
@@ -518,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-growth", type=float, default=0.05, help="memory growth allowed after warm-up "
                                                                     "(default: 0.05 = 5 %%)")
     p.add_argument("--latency", type=float, default=None, help="--latency of the service and of cam")
+    p.add_argument("--shared-batch", type=int, default=None, metavar="FRAMES",
+                   help="serve's --shared-batch (0: every session calls the generator alone; default: serve's)")
     p.add_argument("--checkpoint", type=Path, default=None, help="generator (default: the bundled one)")
     p.add_argument("--backend", default=None, help="inference backend (default: the command's default)")
     p.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "dubcam-soak",
