@@ -2,6 +2,7 @@
 
     realtime cam --camera 0 --audio-source mic --virtual-mic SINK [--preview]
     realtime serve --webrtc [--host 127.0.0.1] [--port 8080] [--token T] [--max-sessions N]
+    realtime serve --janus URL --room ROOM [--token T] [--publisher NAME|ID ...] [--audio-from NAME|ID|tcp://...]
     realtime devices
     realtime bench [--seconds N] [--fast]
 """
@@ -153,8 +154,14 @@ def cmd_cam(args) -> int:
 def cmd_serve(args) -> int:
     from realtime.devices import LIVE_EXTRA, DeviceError
 
+    if args.webrtc and args.janus:
+        raise ValueError("--webrtc and --janus together: a process is either the WebRTC service or a Janus worker")
+    if args.janus:
+        return _serve_janus(args)
+    if args.room is not None or args.publisher or args.audio_from is not None:
+        raise ValueError("--room, --publisher and --audio-from go with --janus URL")
     if not args.webrtc:
-        raise ValueError("serve needs --webrtc (the WebRTC service is the one service so far)")
+        raise ValueError("serve needs --webrtc (the WebRTC service) or --janus URL --room ROOM (a Janus worker)")
     try:
         from realtime.devices import is_loopback
         from realtime.webrtc.server import Server, serve
@@ -179,6 +186,52 @@ def cmd_serve(args) -> int:
                     latency_s=args.latency, make_gauge=(lambda: _gauge(args)) if args.sync_gauge else None,
                     profiles=profiles)
     serve(server, args.host, args.port)
+    return 0
+
+
+def _serve_janus(args) -> int:
+    """``realtime serve --janus URL --room ROOM``: the VideoRoom worker (realtime.janus) until Ctrl-C or SIGTERM."""
+    import asyncio
+    import logging
+    import signal
+
+    from realtime.devices import LIVE_EXTRA, DeviceError
+
+    try:
+        from realtime.janus import Worker, parse_janus_url, parse_room
+    except ImportError as e:
+        raise DeviceError(f"the Janus worker needs aiortc and aiohttp ({e}): {LIVE_EXTRA}") from e
+    url = parse_janus_url(args.janus)
+    if args.room is None:
+        raise ValueError("--janus needs --room ROOM (the VideoRoom to join)")
+    room = parse_room(args.room)
+    clock, audio_from = None, args.audio_from
+    if audio_from is not None and audio_from.startswith("tcp://"):
+        from realtime.clock import MediaClock
+        from realtime.sources import open_audio_source
+
+        clock = MediaClock()
+        audio_from = open_audio_source(audio_from, clock)
+    logging.getLogger("realtime.janus").setLevel(logging.INFO)  # its one line per event, without -v too
+    try:
+        worker = Worker(url, room, pipeline_factory(args), token=args.token or None,
+                        publishers=tuple(args.publisher or ()), audio_from=audio_from, latency_s=args.latency,
+                        make_gauge=(lambda: _gauge(args)) if args.sync_gauge else None, name=args.name, clock=clock)
+    except BaseException:
+        if hasattr(audio_from, "close"):
+            audio_from.close()
+        raise
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a clean stop: the worker leaves the room, sessions close
+            loop.add_signal_handler(sig, stop.set)
+        await worker.run(stop)
+
+    print(f"dubcam worker for room {room} at {url} (Ctrl-C stops)", flush=True)
+    asyncio.run(run())
+    print("stopped; every session closed", flush=True)
     return 0
 
 
@@ -341,17 +394,36 @@ def add_live_commands(sub, voice_default: str = "en") -> None:
     model_options(c)
     c.set_defaults(func=cmd_cam)
 
-    s = sub.add_parser("serve", help="live: a WebRTC service that browsers call (--webrtc)",
-                       description="Serve a web page: the browser sends its camera and microphone (or a "
+    s = sub.add_parser("serve", help="live: a WebRTC service that browsers call (--webrtc), or a worker in a "
+                                     "Janus VideoRoom (--janus)",
+                       description="--webrtc: serve a web page: the browser sends its camera and microphone (or a "
                                    "driving-audio file) and receives the lip-synced video with the driving audio "
                                    "over WebRTC (aiortc). Several sessions at once, each with its own pipeline. "
                                    "Bound to anything but loopback it requires a token (--token, or one is "
-                                   "generated and printed).")
+                                   "generated and printed). --janus URL --room ROOM: join a Janus VideoRoom (an "
+                                   "SFU) as a participant, subscribe to the chosen publishers and publish each one "
+                                   "dubbed, with its driving audio delayed by the same latency, as \"NAME (dubbed)\"; "
+                                   "it follows publishers joining and leaving, reconnects when Janus restarts, and "
+                                   "logs one line per event. Several workers on several machines share a room by "
+                                   "each taking the publishers it is given (--publisher).")
     s.add_argument("--webrtc", action="store_true", help="the WebRTC service")
+    j = s.add_argument_group("Janus VideoRoom worker")
+    j.add_argument("--janus", default=None, metavar="URL",
+                   help="Janus's HTTP API, e.g. http://127.0.0.1:8088/janus (the HTTP transport; long poll)")
+    j.add_argument("--room", default=None, help="the VideoRoom id to join (a number, or a string id)")
+    j.add_argument("--publisher", action="append", default=None, metavar="NAME|ID",
+                   help="a publisher to dub, by display name or id; repeat for several (default: every publisher "
+                        "that sends video, except \"... (dubbed)\" ones and the --audio-from one)")
+    j.add_argument("--audio-from", default=None, metavar="NAME|ID|tcp://HOST:PORT",
+                   help="the audio that drives the mouths: another publisher's audio, by display name or id (a "
+                        "translation feed; silence while it is away), or tcp://HOST:PORT[?token=SECRET] (raw 16 kHz "
+                        "mono s16le PCM, as cam --audio-source) (default: each publisher's own microphone)")
+    j.add_argument("--name", default="dubcam", help="the worker's own display name in the room (default: dubcam)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     s.add_argument("--port", type=_port, default=8080, help="port, 1–65535 (default: 8080)")
-    s.add_argument("--token", default=None, help="token offers must carry (default: none on loopback, else "
-                                                 "generated and printed; an empty one is refused off loopback)")
+    s.add_argument("--token", default=None, help="--webrtc: token offers must carry (default: none on loopback, "
+                                                 "else generated and printed; an empty one is refused off "
+                                                 "loopback); --janus: Janus's API token (token_auth), if it wants one")
     s.add_argument("--no-token", action="store_true",
                    help="off loopback, accept offers without a token (prints a warning; anyone who can reach "
                         "the port can use this machine)")

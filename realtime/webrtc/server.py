@@ -133,8 +133,11 @@ def check_offer(sdp: str) -> str | None:
 
 @dataclass
 class Session:
-    """One browser's call: its peer connection, pipeline, runner and the tasks that read its tracks.
+    """One dubbing call: its peer connection(s), pipeline, runner and the tasks that read its tracks.
 
+    ``pc`` receives the face and the driving audio; the outputs go back on
+    it (a browser's call) or on ``out`` (a second connection, as when the
+    Janus worker publishes into a room what it subscribed to).
     ``last_media``: session-clock time (s) the peer's last frame arrived;
     ``connected_at``: when the connection was first ``connected`` (None before).
     """
@@ -143,6 +146,7 @@ class Session:
     pc: RTCPeerConnection
     pipeline: Pipeline
     runner: LiveRunner
+    out: RTCPeerConnection | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     has_audio: bool = False
     sends_back: bool = False
@@ -154,6 +158,19 @@ class Session:
     profile: str | None = None  # the personal model (--profiles) it runs, None: the service's default
     _rate: deque = field(default_factory=lambda: deque(maxlen=12))  # (clock, frames_out), one per 0.25 s
 
+    @classmethod
+    async def open(cls, id: int, make_pipeline: Callable[[], Pipeline], latency_s: float | None = None,
+                   make_gauge: Callable[[], object] | None = None, clock: MediaClock | None = None,
+                   profile: str | None = None) -> "Session":
+        """A new session on a fresh peer connection (no ICE servers): its pipeline and gauge made in a worker
+        thread, its runner started on ``clock`` (None: a new session clock) at ``latency_s`` (None: the
+        default). Raises what ``make_pipeline`` and ``make_gauge`` raise."""
+        loop = asyncio.get_running_loop()
+        pipeline = await loop.run_in_executor(None, make_pipeline)
+        gauge = await loop.run_in_executor(None, make_gauge) if make_gauge else None
+        runner = LiveRunner(pipeline, clock or MediaClock(), latency_s, gauge=gauge).start()
+        return cls(id, RTCPeerConnection(RTCConfiguration(iceServers=[])), pipeline, runner, profile=profile)
+
     def add_input(self, track, sends_back: bool) -> None:
         """A track the browser sends: read it into the runner, and answer it with the matching output track
         when the peer receives on its transceiver (``sends_back``); else its media is read and dropped."""
@@ -162,14 +179,14 @@ class Session:
             self.tasks.append(asyncio.ensure_future(self._read(pump_video, track, sends_back)))
             if sends_back:
                 self.sends_back = True
-                self.pc.addTrack(VideoOutputTrack(self.runner))
+                (self.out or self.pc).addTrack(VideoOutputTrack(self.runner))
         elif track.kind == "audio":
             drives = not self.has_audio  # the first audio track drives the mouth; others are dropped
             self.has_audio = True
             self.inputs += 1
             self.tasks.append(asyncio.ensure_future(self._read(pump_audio, track, drives)))
             if drives and sends_back:
-                self.pc.addTrack(AudioOutputTrack(self.runner))
+                (self.out or self.pc).addTrack(AudioOutputTrack(self.runner))
 
     async def _read(self, pump, track, use: bool) -> None:
         try:
@@ -187,15 +204,19 @@ class Session:
         self._rate.append((self.runner.clock.now(), self.runner.stats.frames_out))
 
     async def close(self) -> None:
+        """Stop reading, close the connection(s), the runner and the pipeline, and free their memory (idempotent)."""
         if self.closed:
             return
         self.closed = True
         for task in self.tasks:
             task.cancel()
         await self.pc.close()
+        if self.out is not None:
+            await self.out.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.runner.close)
         await loop.run_in_executor(None, self.pipeline.close)
+        await loop.run_in_executor(None, release_memory)
 
     def stats(self) -> dict:
         """Measured figures: frames in / out, generated and passed through (by reason, and the share),
@@ -310,15 +331,11 @@ class Server:
                                      status=503)
         self._starting += 1
         try:
-            loop = asyncio.get_running_loop()
-            pipeline = await loop.run_in_executor(None, make)
-            gauge = await loop.run_in_executor(None, self.make_gauge) if self.make_gauge else None
-            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-            session = Session(next(self._ids), pc, pipeline,
-                              LiveRunner(pipeline, MediaClock(), self.latency_s, gauge=gauge).start(), profile=profile)
+            session = await Session.open(next(self._ids), make, self.latency_s, self.make_gauge, profile=profile)
             self.sessions[session.id] = session
         finally:
             self._starting -= 1
+        pc = session.pc
         session.on_inputs_ended = lambda: asyncio.ensure_future(self.end(session, "the peer's tracks ended"))
 
         @pc.on("track")
@@ -386,7 +403,6 @@ class Server:
         stats = session.stats()
         log.info("session %d ending (%s; %d running): %s", session.id, why, len(self.sessions), stats)
         await session.close()
-        await asyncio.get_running_loop().run_in_executor(None, release_memory)
 
     async def shutdown(self, app=None) -> None:
         await asyncio.gather(*(self.end(s, "shutdown") for s in list(self.sessions.values())))
