@@ -171,8 +171,8 @@ def clip_media(clip: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Publisher:
-    """An aiortc participant that publishes a real clip as ``display``: its frames and its own audio, paced in real
-    time and looped (``tools.soak``'s tracks; aiortc's MediaPlayer stops at the end of an MPEG-PS clip even with
+    """An aiortc participant that publishes a real clip as ``display``: its frames (None: audio only) and an audio
+    track, paced in real time and looped (``tools.soak``'s tracks; aiortc's MediaPlayer stops at the end of an MPEG-PS clip even with
     ``loop=True``)."""
 
     def __init__(self, url: str, display: str, media: tuple[np.ndarray, np.ndarray]):
@@ -193,7 +193,8 @@ class Publisher:
                                           "display": self.display})
         self.id = joined["id"]
         ClipTrack, SpeechTrack = _tracks()
-        self.tracks = ClipTrack(self.media[0]), SpeechTrack(self.media[1])
+        frames, audio = self.media
+        self.tracks = (*([ClipTrack(frames)] if frames is not None else []), SpeechTrack(audio))
         self.pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
         for track in self.tracks:
             self.pc.addTrack(track)
@@ -351,6 +352,48 @@ def test_dubbed_publisher_differs_only_around_the_mouth(janus, make_pipeline, ca
     assert any(m.startswith("publisher added: 'alice'") for m in lines), lines
     assert any(m.startswith("publishing 'alice (dubbed)'") for m in lines), lines
     assert any(m.startswith("stopped: left room 1234") for m in lines), lines
+
+
+def test_audio_from_another_publisher(janus, make_pipeline, caplog):
+    """--audio-from voice: alice (whose own microphone is silent here) is dubbed to the speech that the publisher
+    "voice" sends: silence until voice joins, then voice's audio, which her dubbed publisher carries; voice itself,
+    audio only, is not dubbed."""
+    from engine.audio import load_audio
+    from realtime.janus import Worker
+
+    caplog.set_level("INFO", logger="realtime.janus")
+    frames, _ = clip_media(CLIP)
+    speech = load_audio(data_file("audio/cmuarctic_a0007.wav"))
+    worker = Worker(janus.url, ROOM, make_pipeline, latency_s=0.5, audio_from="voice")
+
+    async def scenario():
+        stop = asyncio.Event()
+        run = asyncio.ensure_future(worker.run(stop))
+        alice = await Publisher(janus.url, "alice", (frames, np.zeros(16000, np.float32))).start()
+        voice = viewer = None
+        try:
+            assert await until(lambda: dub_of(worker, "alice") is not None, 30) < 30
+            silent = dub_of(worker, "alice").audio
+            voice = await Publisher(janus.url, "voice", (None, speech)).start()
+            assert await until(lambda: dub_of(worker, "alice") is not None and
+                               dub_of(worker, "alice").audio is not None, 30) < 30, "voice never drove alice"
+            viewer = await Viewer(janus.url, "alice (dubbed)").start()
+            assert await until(lambda: len(viewer.audio) > 50 * 6 and len(viewer.frames) > 50, 30) < 30
+            return silent, dub_of(worker, "alice").audio.display, np.concatenate(viewer.audio), set(worker.dubs)
+        finally:
+            for p in (viewer, voice, alice):
+                if p is not None:
+                    await p.stop()
+            stop.set()
+            await asyncio.wait_for(run, 20)
+
+    silent, driver, pcm, dubbed = asyncio.run(scenario())
+    assert silent is None and driver == "voice" and len(dubbed) == 1
+    assert np.sqrt(np.mean(pcm[-5 * 48000:] ** 2)) > 0.01  # voice's speech, delayed, on alice's dubbed publisher
+    lines = [r.getMessage() for r in caplog.records if r.name == "realtime.janus"]
+    assert any("driven by silence ('voice' is not in the room)" in m for m in lines), lines
+    assert any("dropped 'alice (dubbed)' (its streams changed)" in m for m in lines), lines
+    assert any("driven by voice's audio" in m for m in lines), lines
 
 
 async def census() -> dict:
