@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -30,6 +31,16 @@ class PulseServer(pulse.PulseServer):
         if not pulse.available():
             pytest.skip(reason=pulse.MISSING)
         super().__init__()
+
+
+async def until(condition, seconds: float) -> float:
+    """Wait until ``condition()`` holds (at most ``seconds``); the seconds it took (inf if it never did)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        if condition():
+            return time.monotonic() - t0
+        await asyncio.sleep(0.05)
+    return float("inf")
 
 
 def wait_for_steady_microphone(mic, hold_s: float = 1.0, timeout_s: float = 15.0) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, data_file
+from live_helpers import until
 
 aiortc = pytest.importorskip("aiortc", reason="aiortc is not installed (pip install 'dubcam[live]')")
 aiohttp = pytest.importorskip("aiohttp")
@@ -42,7 +43,8 @@ def host_address() -> str:
 
     addresses = [a for a in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) if a != "127.0.0.1"]
     if not addresses:
-        pytest.skip("this host has no IPv4 address but loopback's, and Janus gathers no ICE candidates on loopback")
+        pytest.skip(reason="this host has no IPv4 address but loopback's, and Janus gathers no ICE candidates "
+                           "on loopback")
     return addresses[0]
 
 
@@ -206,12 +208,14 @@ class Publisher:
     async def stop(self) -> None:
         for track in self.tracks:
             track.stop()
-        if self.pc is not None:
-            await self.pc.close()
-        if self.janus is not None:
-            await self.janus.close()
-        if self.http is not None:
-            await self.http.close()
+        await _hang_up(self)
+
+
+async def _hang_up(participant) -> None:
+    """Close a test participant's peer connection, Janus session and HTTP client, whichever it opened."""
+    for part in (participant.pc, participant.janus, participant.http):
+        if part is not None:
+            await part.close()
 
 
 class Viewer:
@@ -265,22 +269,7 @@ class Viewer:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        if self.pc is not None:
-            await self.pc.close()
-        if self.janus is not None:
-            await self.janus.close()
-        if self.http is not None:
-            await self.http.close()
-
-
-async def until(condition, seconds: float) -> float:
-    """Wait until ``condition()`` holds (at most ``seconds``); the seconds it took (inf if it never did)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        if condition():
-            return time.monotonic() - t0
-        await asyncio.sleep(0.05)
-    return float("inf")
+        await _hang_up(self)
 
 
 def compare(received: list[np.ndarray], source: np.ndarray) -> dict:

@@ -23,6 +23,7 @@ aiortc = pytest.importorskip("aiortc", reason="aiortc is not installed (pip inst
 aiohttp = pytest.importorskip("aiohttp")
 
 from tools.soak import call, free_port, load_media  # noqa: E402  (needs aiortc)
+from live_helpers import until  # noqa: E402
 
 
 @pytest.fixture
@@ -72,16 +73,6 @@ async def started(server, host="127.0.0.1"):
     site = aiohttp.web.TCPSite(runner, host, 0)
     await site.start()
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"
-
-
-async def until(condition, seconds: float) -> float:
-    """Wait until ``condition()`` holds (at most ``seconds``); the seconds it took (inf if it never did)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        if condition():
-            return time.monotonic() - t0
-        await asyncio.sleep(0.05)
-    return float("inf")
 
 
 def test_token_off_loopback_and_three_concurrent_sessions(loopback_ice, make_pipeline, media, monkeypatch):
