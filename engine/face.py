@@ -134,6 +134,31 @@ def crop(frame: np.ndarray, box: Box, size: int) -> np.ndarray:
     return cv2.resize(region, (size, size), interpolation=interp)
 
 
+def lip_shape(landmarks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The lip sketch's points (:data:`LIP_SHAPE_POINTS`) in face-crop units.
+
+    Args:
+        landmarks: ``[T, 478, 2]`` face-mesh points in frame pixels (x, y).
+        boxes: ``[T, 4]`` the whole-pixel crop boxes ``(x0, y0, x1, y1)`` that :func:`crop` cut
+            (:func:`box_pixels`).
+
+    Returns ``[T, 33, 2]`` float32: (x, y) as fractions of the crop side, 0 at its left/top edge and 1 at
+    its right/bottom edge (pixel i of an S-pixel crop spans [i/S, (i+1)/S]).
+    """
+    pts = np.asarray(landmarks, np.float64)[:, list(LIP_SHAPE_POINTS)]
+    boxes = np.asarray(boxes, np.float64)
+    side = (boxes[:, 2] - boxes[:, 0])[:, None, None]
+    return ((pts - boxes[:, None, :2]) / side).astype(np.float32)
+
+
+def mean_lip_shape() -> np.ndarray:
+    """``[33, 2]`` float32: :func:`lip_shape` of the MediaPipe mean face in its own square crop
+    (:func:`crop_box`), the starting point of the generator's lip predictor."""
+    face = np.load(MEAN_FACE).astype(np.float64)[:, :2]
+    b = crop_box(face)
+    return lip_shape(face[None], np.array([[b.x0, b.y0, b.x1, b.y1]]))[0]
+
+
 class OneEuroFilter:
     """One-Euro low-pass filter on a vector (Casiez, Roussel & Vogel, CHI 2012).
 
@@ -303,6 +328,16 @@ MOUTH_POINTS = (61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,  # outer li
                 78, 82, 13, 312, 308, 317, 14, 87)  # inner lip, dlib 60-67
 """MediaPipe lip points at dlib's mouth points 48-67 (corner, clockwise in the image from the
 subject's right corner, outer contour then inner contour)."""
+CHIN_POINTS = (397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172)
+"""MediaPipe face-oval points of the lower jaw, from below the subject's left mouth corner
+round the chin (152) to below the right one (the jaw line that moves as the mouth opens)."""
+LIP_SHAPE_POINTS = MOUTH_POINTS + CHIN_POINTS
+"""The 33 points of the generator's lip sketch (``GeneratorConfig.lip_sketch``): outer lip (12),
+inner lip (8), jaw (13)."""
+LIP_SHAPE_MIRROR = (6, 5, 4, 3, 2, 1, 0, 11, 10, 9, 8, 7,  # outer: 48↔54, 49↔53, 50↔52, 55↔59, 56↔58
+                    16, 15, 14, 13, 12, 19, 18, 17,  # inner: 60↔64, 61↔63, 65↔67
+                    32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20)  # jaw: reversed
+"""``LIP_SHAPE_POINTS[LIP_SHAPE_MIRROR[i]]`` is the mirror image of point i (for horizontal flips)."""
 OUTER_EYE_CORNERS = (33, 263)
 """MediaPipe outer eye corners (dlib 36, 45); their distance is the inter-ocular distance."""
 

@@ -343,6 +343,119 @@ def test_dubbed_publisher_differs_only_around_the_mouth(janus, make_pipeline, ca
     assert any(m.startswith("stopped: left room 1234") for m in lines), lines
 
 
+class ChromiumPublisher:
+    """Headless Chromium publishing a real clip into the room as ``display``, through ``janus_publisher.html``
+    (Janus's HTTP API from the page, as a web client of a call does): Chromium's fake camera and microphone
+    play the clip's frames and speech from files, looped. The page is served from 127.0.0.1 (a secure
+    context, as getUserMedia needs); the DevTools protocol reads its ``window.state``."""
+
+    def __init__(self, folder: Path, janus_url: str, display: str, clip: str):
+        from live_helpers import write_y4m_and_wav
+        from tools.soak import free_port
+
+        self.folder = folder
+        folder.mkdir()
+        self.y4m, self.wav = folder / "camera.y4m", folder / "mic.wav"
+        write_y4m_and_wav(data_file(clip), self.y4m, self.wav)
+        shutil.copy(ROOT / "tests" / "janus_publisher.html", folder / "index.html")
+        port = free_port()
+        self.page = f"http://127.0.0.1:{port}/index.html?janus={janus_url}&room={ROOM}&display={display}"
+        self.procs = [subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+                                        str(folder), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        self.profile = folder / "profile"
+
+    def start(self) -> "ChromiumPublisher":
+        self.procs.append(subprocess.Popen([
+            "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={self.y4m}",
+            f"--use-file-for-fake-audio-capture={self.wav}", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", f"--user-data-dir={self.profile}",
+            "--remote-debugging-port=0", self.page],
+            stdout=open(self.folder / "chromium.log", "wb"), stderr=subprocess.STDOUT))
+        return self
+
+    async def state(self) -> dict | None:
+        """The page's ``window.state`` (None while Chromium or the page is still starting)."""
+        import json
+
+        from webrtc_browser import Cdp
+
+        port_file = self.profile / "DevToolsActivePort"
+        if not port_file.is_file() or not port_file.read_text().strip():
+            return None
+        cdp_port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{cdp_port}/json/list") as r:
+                pages = [p for p in await r.json() if p["type"] == "page" and p["url"].startswith("http://127.0.0.1")]
+            if not pages:
+                return None
+            async with http.ws_connect(pages[0]["webSocketDebuggerUrl"]) as ws:
+                text = await Cdp(ws).js("window.state ? JSON.stringify(window.state) : null")
+        return json.loads(text) if text else None
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log(self) -> str:
+        return (self.folder / "chromium.log").read_bytes().decode(errors="replace")[-3000:]
+
+
+def test_chromium_publisher_is_dubbed(janus, make_pipeline, tmp_path):
+    """A browser publishes (headless Chromium, the clip as its fake camera and microphone); the worker dubs it and
+    publishes "carol (dubbed)"; a viewer gets ≥ 5 s of video that matches the clip except around the mouth."""
+    from realtime.janus import Worker
+
+    if shutil.which("chromium") is None:
+        pytest.skip(reason="chromium is not installed (apt install chromium); .ci/run installs it")
+    source = clip_media(CLIP)[0]
+    carol = ChromiumPublisher(tmp_path / "carol", janus.url, "carol", CLIP)
+    worker = Worker(janus.url, ROOM, make_pipeline, latency_s=0.5)
+
+    async def scenario():
+        stop = asyncio.Event()
+        run = asyncio.ensure_future(worker.run(stop))
+        viewer = None
+        try:
+            carol.start()
+            published = {}
+
+            async def page_published():
+                published.update(await carol.state() or {})
+                return published.get("phase") == "published" or "error" in published
+
+            deadline = time.monotonic() + 60
+            while not await page_published() and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert published.get("phase") == "published", (published, carol.log())
+            viewer = await Viewer(janus.url, "carol (dubbed)").start(wait_s=30)
+            assert await until(lambda: len(viewer.frames) > 0, 20) < 20, "the viewer received no video"
+            await asyncio.sleep(6.0)
+            return list(viewer.frames), [d.session.stats() for d in worker.dubs.values()]
+        finally:
+            if viewer is not None:
+                await viewer.stop()
+            carol.stop()
+            stop.set()
+            await asyncio.wait_for(run, 20)
+
+    frames, stats = asyncio.run(scenario())
+    assert frames[-1][0] - frames[0][0] >= 5.0 and len(frames) >= 5 * 25 * 0.5, (len(frames), stats)
+    assert frames[0][1].shape == source[0].shape, "Chromium scaled the picture"
+    (s,) = stats
+    assert s["generated"] > 0, s
+    cmp = compare([f for _, f in frames[::2]], source)
+    assert np.median(cmp["upper_mae"]) < 8, cmp["upper_mae"]  # the clip's upper half, after two VP8 passes
+    assert np.percentile(cmp["outside"], 95) < 0.005, cmp["outside"]
+    dubbed = cmp["changed"] > 0.002
+    assert dubbed.sum() >= 5 and np.median(cmp["in_mouth"][dubbed]) > 0.9, (cmp["in_mouth"], s)
+
+
 def test_audio_from_another_publisher(janus, make_pipeline, caplog):
     """--audio-from voice: alice (whose own microphone is silent here) is dubbed to the speech that the publisher
     "voice" sends: silence until voice joins, then voice's audio, which her dubbed publisher carries; voice itself,

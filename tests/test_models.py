@@ -144,3 +144,52 @@ def test_expert_audio_encoder_loads_frozen_and_refuses_another_layout():
         Generator(GeneratorConfig(size=96, width=0.125)).load_audio_encoder(expert)  # the Wav2Lip layout
     with pytest.raises(ValueError, match="model.decoder"):
         GeneratorConfig(decoder="flow")
+
+
+def test_lip_sketch_dots_sit_where_the_points_are():
+    """A point at the centre of pixel (x=30, y=60) of a 96-px crop peaks there on its group's map only;
+    the maps are 0 far from every point."""
+    from engine.models.generator import render_lip_sketch
+
+    points = torch.full((1, 33, 2), 0.1)  # every point at pixel (9.1, 9.1)
+    points[0, 14] = torch.tensor([30.5 / 96, 60.5 / 96])  # an inner-lip point
+    maps = render_lip_sketch(points, 96)
+    assert maps.shape == (1, 3, 96, 96)
+    inner = maps[0, 1]
+    assert float(inner[60, 30]) == pytest.approx(1.0, abs=1e-6)
+    assert inner.argmax() == 60 * 96 + 30
+    assert float(maps[0, 0, 60, 30]) < 1e-6 and float(maps[0, 2, 60, 30]) < 1e-6
+    assert float(maps[0, :, 90, 90].max()) < 1e-6
+
+
+def test_lip_sketch_generator_starts_as_the_grown_model_and_follows_the_sketch():
+    """A lip-sketch generator grown from one without it (train.run._grow_state) gives the same images at
+    first; the decoder reads the sketch (the output depends on the points given), the lip locator and so the
+    predictor start at the mean face's shape (within 0.5 px), and lip_gain scales only the displacement."""
+    from engine.face import mean_lip_shape
+    from train.run import _grow_state
+
+    cfg = dict(size=96, width=0.125, audio="expert", decoder="warp")
+    old = Generator(GeneratorConfig(**cfg)).eval()
+    new = Generator(GeneratorConfig(**cfg, lip_sketch=True))
+    new.load_state_dict(_grow_state(new, old.state_dict(), "test"))
+    new.eval()
+    faces, mels = torch.rand(2, 6, 96, 96), torch.rand(2, 1, 80, 16) * 8 - 4
+    torch.testing.assert_close(new(faces, mels), old(faces, mels), atol=1e-6, rtol=0)
+    out, points, located = new(faces, mels, return_lips=True)
+    torch.testing.assert_close(located, points)  # no offset, no displacement yet
+    torch.testing.assert_close(points[0], torch.from_numpy(mean_lip_shape()), atol=5e-3, rtol=0)
+    torch.nn.init.normal_(new.output_block[0].conv_block[0].weight, std=0.1)  # let the finest level's sketch through
+    moved = points.clone()
+    moved[:, 12:20, 1] += 4 / 96  # the inner lip 4 px lower
+    assert (new(faces, mels, lips=moved) - new(faces, mels, lips=points)).abs().max() > 1e-3
+    torch.nn.init.normal_(new.lip_delta[-1].weight, std=0.05)
+    _, raw, _ = new(faces, mels, return_lips=True)
+    with torch.no_grad():
+        new.lip_gain.fill_(2.0)
+    again, raw2, _ = new(faces, mels, return_lips=True)
+    torch.testing.assert_close(raw2, raw)  # the returned points are before the gain
+    assert (again - new.eval()(faces, mels, lips=raw)).abs().max() > 1e-4  # the drawn ones are not
+    with pytest.raises(RuntimeError, match="cannot grow"):
+        _grow_state(new, Generator(GeneratorConfig(size=96, width=0.25, audio="expert", decoder="warp"))
+                    .state_dict(), "test")

@@ -150,7 +150,7 @@ def test_default_cpu_config_is_the_bundled_recipe_and_resumes_old_checkpoints(gr
                        f"weights.syncnet={small_expert_checkpoint}"])
     assert cfg["loss"] == {"l1": 10.0, "l1_lower_weight": 3.0, "grad": 5.0, "gan": 0.1, "gan_start": 600,
                            "perceptual": 0.0, "sync": 0.3, "sync_start": 300, "opening": 0.0,
-                           "opening_amplitude": 0.0}
+                           "opening_amplitude": 0.0, "lips": 1.0}
     assert (cfg["lr"], cfg["k"], cfg["model"]["size"], cfg["model"]["decoder"]) == (3e-4, 5, 96, "warp")
     assert (cfg["audio_encoder"], cfg["sync"]["kind"], cfg["disc_region"], cfg["augment"]) == \
            ("expert", "syncnet", "lower", True)
@@ -244,3 +244,46 @@ def test_freeze_norm_keeps_the_batchnorm_statistics_while_the_weights_train(grid
         conv = [n for n, p in gen.named_parameters() if p.requires_grad and n.endswith("weight") and p.dim() == 4]
         assert float((dict(gen.named_parameters())[conv[0]] - dict(init.named_parameters())[conv[0]]).abs().max()) > 0
     assert stats[True] == 0.0 and stats[False] > 1e-4
+
+
+def test_lip_sketch_generator_grows_from_an_old_one_learns_its_lips_and_sets_its_gain(grid_train_data, tmp_path):
+    """model.lip_sketch with init= a generator without it: training starts from its weights (grown), the lip
+    predictor learns from the targets' landmarks (loss/lips_px), every validation sets lip_gain (val/lip_gain),
+    and generator.pt loads as a lip-sketch generator with that gain."""
+    from engine.models.generator import save_generator
+
+    old = Generator(GeneratorConfig(size=96, width=0.125, audio="expert"))
+    save_generator(old, tmp_path / "old.pt")
+    cfg = tiny(grid_train_data, tmp_path / "run", init=str(tmp_path / "old.pt"), steps=3,
+               **{"model.lip_sketch": "true", "monitor.every": 3, "loss.gan": 0, "sync.kind": "none"})
+    train(cfg)
+    assert {"loss/lips_px", "loss/lips_ref_px", "val/lip_gain"} <= _scalars(tmp_path / "run")
+    gen = load(str(tmp_path / "run" / "generator.pt"))
+    assert gen.config.lip_sketch and 1.0 <= float(gen.lip_gain) <= 4.0
+    assert not torch.equal(gen.lip_locator.weight, Generator(gen.config).lip_locator.weight)  # it learned
+    trained = dict(gen.named_parameters())
+    for key, value in old.named_parameters():  # 3 steps of Adam at lr 1e-4 from old's weights
+        if key.startswith("identity_encoder"):
+            assert float((trained[key] - value).abs().max()) < 1e-3, key
+
+
+def test_lip_gain_undoes_a_shrunk_displacement(grid_train_data):
+    """calibrate_lip_gain matches the predicted mouth's motion to the real one's: a predictor whose
+    displacement is halved gets twice the gain."""
+    from train.data import WindowDataset, load_clips
+    from train.run import calibrate_lip_gain
+
+    torch.manual_seed(0)
+    gen = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", lip_sketch=True))
+    torch.nn.init.normal_(gen.lip_delta[-1].weight, std=0.01)
+    windows = WindowDataset(load_clips(grid_train_data, "train"), k=5, samples_per_epoch=16, identity="held",
+                            lips=True)
+    unbounded = (0.0, 1e9)
+    first = calibrate_lip_gain(gen, windows, torch.device("cpu"), limits=unbounded)
+    assert float(gen.lip_gain) == pytest.approx(first)
+    with torch.no_grad():
+        gen.lip_delta[-1].weight.mul_(0.5)
+        gen.lip_delta[-1].bias.mul_(0.5)
+    assert calibrate_lip_gain(gen, windows, torch.device("cpu"), limits=unbounded) == pytest.approx(2 * first,
+                                                                                                   rel=1e-3)
+    assert calibrate_lip_gain(gen, windows, torch.device("cpu"), limits=(1.0, 1.5)) in (1.0, 1.5)

@@ -55,6 +55,8 @@ class ModelConfig:
     width: float = _f(1.0, "channel multiplier (1.0: Wav2Lip's channel plan)", gt=0)
     audio: Literal[tuple(AUDIO_LAYOUTS)] = _f("expert", "audio encoder layout: wav2lip | expert (the lip expert's)")
     decoder: Literal[DECODERS] = _f("plain", "plain (the paper's) | warp")
+    lip_sketch: bool = _f(False, "predict the lip and jaw landmarks from the audio and draw the mouth to that "
+                                 "sketch (GeneratorConfig.lip_sketch; false: the paper's layout)")
 
 
 @dataclass
@@ -74,6 +76,7 @@ class LossConfig:
                              "(train.losses.OpeningLoss; 0: off, as in the paper)", min=0)
     opening_amplitude: float = _f(0.0, "how much the mouth moves over a window, fake vs real "
                                        "(train.losses.OpeningLoss; 0: off)", min=0)
+    lips: float = _f(1.0, "L1 in pixels of the predicted lip and jaw landmarks (model.lip_sketch only)", min=0)
 
 
 @dataclass

@@ -9,6 +9,11 @@ One sample (Yaman et al. 2024 §3.1, §3.5; Wav2Lip's sampling, spec §3.5):
   least k frames away, or one such frame k times: ``identity="held"``);
 * ``mels``: the k mel windows ``[k, 1, 80, 16]`` centred on each target
   frame (``GeneratorInfo.mel_offset_s = -0.1``);
+* with ``lips``: ``lips`` ``[k, 33, 2]``, the targets' lip and jaw landmarks
+  in face sides (``engine.face.lip_shape``; flipped with the faces), what a
+  ``lip_sketch`` generator is drawn to and its lip predictor learns from,
+  and ``id_lips`` ``[k, 33, 2]``, those of the identity reference (what its
+  lip locator learns from);
 * with ``sync_mel``: ``sync_mel`` ``[1, 80, 16]``, the 0.2 s mel window that
   starts at frame t (the lip expert's window, spec §3.5 "Training");
 * with ``context`` C > 0, what the AV-HuBERT sync loss needs (``train.roi``):
@@ -37,12 +42,12 @@ import numpy as np
 import torch
 
 from engine.audio import avhubert_audio_features, melspectrogram, mel_window
-from engine.face import Box, box_pixels
+from engine.face import LIP_SHAPE_MIRROR, Box, box_pixels, lip_shape
 from engine.inputs import generator_input
 from train.augment import Augment
 
 ROI_KEYS = ("roi_affine", "roi_frames", "roi_origin", "frame_size")
-PER_FRAME_KEYS = ("faces", "mels", "target")
+PER_FRAME_KEYS = ("faces", "mels", "target", "lips", "id_lips")
 IDENTITY_AFFINE = np.array([[1, 0, 0], [0, 1, 0]], np.float32)  # for padding frames (never looked at)
 
 
@@ -177,13 +182,15 @@ class WindowDataset(torch.utils.data.Dataset):
             targets, identity reference and mel windows alike (the context
             of the AV-HuBERT loss is not augmented: with ``context``, use
             ``Augment.off()`` or only the gain).
+        lips: add the targets' lip and jaw landmarks (module doc).
 
-    Raises ValueError: no usable clip, or context asked of clips without ROI data.
+    Raises ValueError: no usable clip, context asked of clips without ROI data, or lips of clips
+    without landmarks.
     """
 
     def __init__(self, clips: list[Clip] | list[ClipFile], k: int = 5, samples_per_epoch: int = 10_000, seed: int = 0,
                  mel_offset_s: float = -0.1, context: int = 0, sync_mel: bool = False,
-                 augment: Augment = Augment.off(), identity: str = "window"):
+                 augment: Augment = Augment.off(), identity: str = "window", lips: bool = False):
         self.clips = [c for c in clips if c.n_frames >= 3 * k]
         if not self.clips:
             raise ValueError(f"no clip has the {3 * k} frames a window of k={k} needs")
@@ -201,6 +208,12 @@ class WindowDataset(torch.utils.data.Dataset):
         if identity not in ("window", "held"):
             raise ValueError(f"identity must be window or held, got {identity!r}")
         self.context, self.sync_mel, self.augment, self.identity = context, sync_mel, augment, identity
+        self.lips = lips
+        if lips:
+            missing = [c.name for c in self.clips if c.landmarks is None]
+            if missing:
+                raise ValueError(f"{len(missing)} clips have no landmarks (e.g. {missing[0]}): re-run "
+                                 "python -m train.preprocess to write them")
 
     def __len__(self) -> int:
         return self.n
@@ -224,11 +237,25 @@ class WindowDataset(torch.utils.data.Dataset):
             "mels": torch.from_numpy(mels),
             "target": torch.from_numpy(target),
         }
+        if self.lips:
+            sample["lips"] = torch.from_numpy(window_lips(clip, t, self.k, aug.flip))
+            ref = window_lips(clip, r, self.k if self.identity == "window" else 1, aug.flip)
+            sample["id_lips"] = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(ref, (self.k, *ref.shape[1:]))))
         if self.sync_mel:
             sample["sync_mel"] = torch.from_numpy(aug.mel(mel_window(clip.mel, t / clip.fps, 0.0))[None])
         if self.context:
             sample |= context_arrays(clip, t, self.context, self.k, rng)
         return sample
+
+
+def window_lips(clip: Clip, t: int, k: int, flip: bool = False) -> np.ndarray:
+    """``[k, 33, 2]`` float32: the lip and jaw landmarks of frames t … t+k−1 in face sides
+    (``engine.face.lip_shape``), mirrored (x → 1 − x, left and right points swapped) with ``flip``."""
+    pts = lip_shape(clip.landmarks[t: t + k], pixel_boxes(clip.boxes[t: t + k]))
+    if flip:
+        pts = pts[:, list(LIP_SHAPE_MIRROR)]
+        pts[..., 0] = 1.0 - pts[..., 0]
+    return np.ascontiguousarray(pts, np.float32)
 
 
 def context_arrays(clip: Clip, t: int, length: int, k: int, rng=None) -> dict[str, torch.Tensor]:

@@ -193,10 +193,87 @@ def _init_from(path: str, gen, disc) -> None:
         raise CheckpointError(f"init={path}: expected a generator.pt or a train.run last.pt, found {describe(state)}")
     try:
         for model, sd in parts:
-            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+            sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+            if model is gen and gen.config.lip_sketch:
+                sd = _grow_state(gen, sd, path)
+            model.load_state_dict(sd)
     except RuntimeError as e:
         raise CheckpointError(f"init={path}: does not fit this config's model: "
                               f"{' '.join(str(e).split())[:300]}") from e
+
+
+def _grow_state(gen: Generator, sd: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """Weights for this ``lip_sketch`` generator from a generator's ``sd``, with or without a lip sketch: where
+    ``sd`` has no sketch, the decoder layers that read the sketch maps (appended after the skip channels) get
+    zero weights for them, so the grown model starts as the same function as the given one; the parts of the
+    lip predictor that ``sd`` lacks keep their fresh initialisation.
+
+    Raises RuntimeError (as load_state_dict does) for weights that differ otherwise."""
+    own = gen.state_dict()
+    grown, fresh = [], []
+    out = {}
+    for key, mine in own.items():
+        if key not in sd:
+            fresh.append(key)
+            out[key] = mine
+            continue
+        theirs = sd[key]
+        if theirs.shape == mine.shape:
+            out[key] = theirs
+            continue
+        diff = [d for d in range(mine.ndim) if mine.shape[d] != theirs.shape[d]]
+        if theirs.ndim != mine.ndim or len(diff) != 1 or theirs.shape[diff[0]] > mine.shape[diff[0]]:
+            raise RuntimeError(f"{key}: {tuple(theirs.shape)} cannot grow into {tuple(mine.shape)}")
+        out[key] = torch.zeros_like(mine)
+        out[key].narrow(diff[0], 0, theirs.shape[diff[0]]).copy_(theirs)
+        grown.append(key)
+    unknown = sorted(set(sd) - set(own))
+    if unknown:
+        raise RuntimeError(f"unexpected keys {unknown[:5]}")
+    if grown or fresh:
+        log.info("init=%s: %d layers grown to read the lip sketch (zero weights), %d new tensors (%s)",
+                 path, len(grown), len(fresh), ", ".join(sorted({k.split('.')[0] for k in fresh})))
+    return out
+
+
+LIP_JITTER_PX = 0.4
+"""Standard deviation of the noise on the teacher-forced sketch's points in training, in pixels: the decoder
+learns to draw to a shape that is a little off, as the predicted shapes are."""
+CALIBRATION_WINDOWS = 256
+"""Training windows that set a lip-sketch generator's ``lip_gain`` (:func:`calibrate_lip_gain`)."""
+INNER_GAP = (14, 18)
+"""Indices in ``engine.face.LIP_SHAPE_POINTS`` of the middles of the upper and lower inner lip (points 13, 14)."""
+
+
+@torch.no_grad()
+def calibrate_lip_gain(gen: Generator, windows: WindowDataset, device: torch.device, batch: int = 16,
+                       limits: tuple[float, float] = (1.0, 4.0)) -> float:
+    """Set ``gen.lip_gain`` so that the predicted mouth moves as much as the real one, and return it.
+
+    Over ``windows`` (k-frame training windows with ``lips``, no augmentation), the inner-lip gap (the
+    vertical distance of :data:`INNER_GAP`) moves within each window by some variance, for the real
+    landmarks and for the predicted ones before the gain; the gain is the square root of the ratio of
+    their sums (real over predicted), clipped to ``limits``. Within a window, the person's resting shape
+    cancels, so the gain measures only how much an L1-trained predictor shrinks the motion (a regression
+    to the mean does). ``gen`` is left in the mode it was in.
+    """
+    was_training = gen.training
+    gen.eval()
+    real_var = pred_var = 0.0
+    for start in range(0, len(windows), batch):
+        items = collate([windows[i] for i in range(start, min(len(windows), start + batch))])
+        _, pred, _ = gen(items["faces"].to(device), items["mels"].to(device), return_lips=True)
+        for points, acc in ((items["lips"].to(device), "real"), (pred, "pred")):
+            gap = (points[:, INNER_GAP[1], 1] - points[:, INNER_GAP[0], 1]).view(-1, windows.k).double()
+            value = float(gap.var(dim=1, unbiased=False).sum())
+            if acc == "real":
+                real_var += value
+            else:
+                pred_var += value
+    gen.train(was_training)
+    gain = float(np.clip(np.sqrt(real_var / max(pred_var, 1e-12)), *limits))
+    gen.lip_gain.fill_(gain)
+    return gain
 
 
 def _restore(path: Path, gen, disc, opt_g, opt_d, scaler, device, world: int) -> tuple[int, float, float]:
@@ -327,7 +404,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
                      context, cfg["sync"]["max_context"])
     dataset = WindowDataset(train_clips, k=k, samples_per_epoch=10**9, seed=cfg["seed"], context=context,
                             sync_mel=sync_kind == "syncnet", augment=Augment() if cfg["augment"] else Augment.off(),
-                            identity=cfg["identity"])
+                            identity=cfg["identity"], lips=cfg["model"]["lip_sketch"])
     log.info("data: %d train clips; sync loss %s; perceptual %s; %d process(es) on %s",
              len(train_clips), sync_kind, "on" if perceptual else "off", world, device)
 
@@ -355,6 +432,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         _init_from(cfg["init"], gen, disc)
         log.info("started from the weights of %s", cfg["init"])
     monitor = _monitor(cfg, sync_loss, device, expert) if rank == 0 else None
+    calibration = None
+    if cfg["model"]["lip_sketch"]:
+        calibration = WindowDataset(train_clips, k=k, samples_per_epoch=CALIBRATION_WINDOWS, seed=cfg["seed"] + 1,
+                                    identity=cfg["identity"], lips=True)
 
     gen_step, disc_step = gen, disc
     if world > 1:
@@ -381,6 +462,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         nonlocal best
         if last_validation.get("step") == step:
             return last_validation["scores"]
+        if gen.config.lip_sketch:
+            gain = calibrate_lip_gain(gen, calibration, device)
+            tb.add_scalar("val/lip_gain", gain, step)
+            log.info("step %d  lip_gain %.3f", step, gain)
         scores = monitor(gen)
         _train_mode(gen, cfg["freeze_norm"])  # the monitor put it back in train mode
         last_validation.update(step=step, scores=scores)
@@ -417,9 +502,17 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         use_sync = sync_loss is not None and step >= loss_w["sync_start"]
         stats = {}
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            fake = gen_step(batch["faces"], batch["mels"])
+            if "lips" in batch:  # teacher forcing: the sketch of the target's own landmarks, jittered
+                drawn = batch["lips"] + torch.randn_like(batch["lips"]) * (LIP_JITTER_PX / size)
+                fake, lips, located = gen_step(batch["faces"], batch["mels"], lips=drawn, return_lips=True)
+            else:
+                fake = gen_step(batch["faces"], batch["mels"])
             losses = {"l1": l1_loss(fake.float(), batch["target"], loss_w["l1_lower_weight"])}
             total = loss_w["l1"] * losses["l1"]
+            if "lips" in batch:  # the frame's points, and the identity reference's as the locator finds them
+                losses["lips_px"] = (lips.float() - batch["lips"]).abs().mean() * size
+                losses["lips_ref_px"] = (located.float() - batch["id_lips"]).abs().mean() * size
+                total = total + loss_w["lips"] * (losses["lips_px"] + losses["lips_ref_px"])
             if loss_w["grad"] > 0:
                 losses["grad"] = gradient_loss(lower_half(fake.float()), lower_half(batch["target"]))
                 total = total + loss_w["grad"] * losses["grad"]

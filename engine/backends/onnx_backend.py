@@ -27,6 +27,19 @@ def dubcam_home() -> Path:
     return Path(os.environ.get("DUBCAM_HOME", Path.home() / ".cache" / "dubcam"))
 
 
+class Traced(nn.Module):
+    """``forward(faces, mels)`` of a generator and nothing else: the legacy ONNX exporter passes every default
+    argument of the traced ``forward`` as an input, and a generator's training-only keywords (``lips``,
+    ``return_lips``) must not become part of the graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
+        return self.model(faces, mels)
+
+
 class HalfPrecision(nn.Module):
     """A generator computing in float16 behind float32 inputs and outputs (for strongly typed TensorRT)."""
 
@@ -56,7 +69,7 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, fp16: bool 
     device = next(model.parameters()).device
     faces, mels = example_inputs(2, size)
     example = (torch.from_numpy(faces).to(device), torch.from_numpy(mels).to(device))
-    module = HalfPrecision(model.eval()).eval() if fp16 else model.eval()
+    module = HalfPrecision(model.eval()).eval() if fp16 else Traced(model.eval()).eval()
     tmp = path.with_suffix(".tmp.onnx")
     try:
         with torch.no_grad():

@@ -35,6 +35,25 @@ Two options beside the paper's layout (``GeneratorConfig``):
   opening mouth, teeth that the reference does not show), as DINet (Zhang
   et al. 2023) and IP_LAP (Zhong et al. 2023) do with warped references.
   ``"plain"`` is the paper's decoder and the paper configs' default.
+* ``lip_sketch=True``: the mouth is drawn to an explicit shape. A small
+  predictor gives the 33 lip and jaw landmarks of the frame
+  (``engine.face.LIP_SHAPE_POINTS``) as the person's resting shape (the
+  identity reference's points, found by a soft-argmax locator on its
+  features, plus a pose offset from the bottleneck) plus an audio-driven
+  displacement (from the audio embedding and the bottleneck); the points are drawn
+  as Gaussian dots on three maps (outer lip, inner lip, jaw;
+  :func:`render_lip_sketch`) that join the decoder's skip connections at
+  every scale down to S/8. In training the sketch is drawn from the
+  target's own landmarks (teacher forcing, ``forward(..., lips=…)``) and the
+  predictor learns from them by L1, so the image decoder learns a
+  geometric task (draw this mouth shape with this person's texture) instead
+  of guessing the shape from sound, which is what makes an L1-trained
+  decoder draw a blurred mean mouth. A regression to the mean shrinks the
+  predicted motion; the displacement is scaled by ``lip_gain`` (a buffer,
+  set after training by matching the spread of the real mouth's opening,
+  ``train.run``), which in landmark space is one number, where in pixels
+  it cannot be done. The two-stage audio → landmarks → image design is
+  that of IP_LAP (Zhong et al. 2023) and MakeItTalk (Zhou et al. 2020).
 The face size is a parameter: 96 (default), 128, 192 and 256 build. A
 ``width`` multiplier scales every channel count; ``width=1`` gives the
 Wav2Lip channel plan (16…512), the bundled real-time model uses less.
@@ -69,12 +88,14 @@ class GeneratorConfig:
         of checkpoints written before this option) or ``"expert"`` (the lip
         expert's, module doc).
     decoder: ``"plain"`` (the paper's) or ``"warp"`` (module doc).
+    lip_sketch: draw the mouth to predicted lip and jaw landmarks (module doc).
     """
 
     size: int = 96
     width: float = 1.0
     audio: str = "wav2lip"
     decoder: str = "plain"
+    lip_sketch: bool = False
 
     def __post_init__(self):
         if self.audio not in AUDIO_LAYOUTS:
@@ -99,6 +120,35 @@ class GeneratorConfig:
 AUDIO_LAYOUTS = {"wav2lip": 1, "expert": 2}  # residual blocks after the 256-channel stage
 DECODERS = ("plain", "warp")
 FLOW_LEVEL = 2  # the warp's flow is predicted at scales[FLOW_LEVEL] (S/4) and upsampled: a smooth field
+SKETCH_GROUPS = ((0, 12), (12, 20), (20, 33))
+"""Point ranges of ``engine.face.LIP_SHAPE_POINTS`` drawn on each sketch map: outer lip, inner lip, jaw."""
+SKETCH_LEVELS = 4
+"""The sketch joins the decoder at the finest levels S, S/2, S/4, S/8 (coarser levels hold no shape)."""
+SKETCH_SIGMA = 1.2 / 96
+"""Radius (standard deviation) of a sketch dot, in face sides: 1.2 px at 96 px."""
+LIP_HIDDEN = 256
+LOCATOR_LEVEL = 2
+"""The lip locator reads the identity encoder's features at scales[LOCATOR_LEVEL] (S/4)."""
+LOCATOR_PRIOR_CELLS = 1.5
+"""Radius (standard deviation) of the locator's prior bump around the mean face's point, in cells of its map."""
+
+
+def render_lip_sketch(points: torch.Tensor, size: int) -> torch.Tensor:
+    """Draw lip and jaw points as Gaussian dots, one map per group of :data:`SKETCH_GROUPS`.
+
+    Args:
+        points: ``[N, 33, 2]`` float (x, y) in face sides (``engine.face.lip_shape``: pixel i of the
+            S-pixel crop spans [i/S, (i+1)/S]).
+        size: side S of the maps in pixels.
+
+    Returns ``[N, 3, S, S]`` in [0, 1]: each pixel the largest dot value of its group,
+    ``exp(−d²/2σ²)`` with σ = :data:`SKETCH_SIGMA`. Differentiable in ``points``; ONNX-exportable.
+    """
+    centres = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
+    dx = centres.view(1, 1, 1, size) - points[..., 0, None, None]  # [N, P, 1, S]
+    dy = centres.view(1, 1, size, 1) - points[..., 1, None, None]  # [N, P, S, 1]
+    dots = torch.exp(-(dx * dx + dy * dy) / (2 * SKETCH_SIGMA ** 2))  # [N, P, S, S]
+    return torch.stack([dots[:, a:b].amax(dim=1) for a, b in SKETCH_GROUPS], dim=1)
 
 
 def _encoder(cin: int, cfg: GeneratorConfig) -> nn.ModuleList:
@@ -147,7 +197,7 @@ class Generator(nn.Module):
             up = (TransposeBlock(prev, cout, s, 1, 0) if j == 0
                   else TransposeBlock(prev, cout, 3, 2, 1, 1))
             dec.append(nn.Sequential(up, *[ConvBlock(cout, cout, 3, 1, 1, residual=True) for _ in range(2)]))
-            prev = cout + 2 * ch[level]
+            prev = cout + 2 * ch[level] + (len(SKETCH_GROUPS) if self._sketched(level) else 0)
             if level == FLOW_LEVEL:
                 flow_in = prev
         self.decoder = nn.ModuleList(dec)
@@ -161,8 +211,42 @@ class Generator(nn.Module):
             for head in (self.flow_head, self.blend_head):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
+        if config.lip_sketch:
+            from engine.face import LIP_SHAPE_POINTS, mean_lip_shape
 
-    def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
+            n_points = len(LIP_SHAPE_POINTS)
+            # Where the identity reference's lips are: a heat map per point on the identity encoder's S/4
+            # features, read by soft-argmax; its prior is a bump at the mean face's point, so that the
+            # zero-initialised map starts at the mean shape (translation-equivariant: it learns sooner than a
+            # regression from the 1x1 bottleneck, which gave the resting shape no better than the mean face).
+            self.lip_locator = nn.Conv2d(ch[LOCATOR_LEVEL], n_points, 3, 1, 1)
+            nn.init.zeros_(self.lip_locator.weight)
+            nn.init.zeros_(self.lip_locator.bias)
+            side = scales[LOCATOR_LEVEL]
+            cells = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+            mean = torch.from_numpy(mean_lip_shape())
+            d2 = ((cells.view(1, 1, side) - mean[:, 0, None, None]) ** 2
+                  + (cells.view(1, side, 1) - mean[:, 1, None, None]) ** 2)
+            self.register_buffer("lip_prior", -d2 / (2 * (LOCATOR_PRIOR_CELLS / side) ** 2))
+            # The target's resting shape = the reference's shape + an offset (pose, from the bottleneck), and
+            # the audio-driven displacement; both start at zero.
+            self.lip_offset = nn.Linear(ch[-1], 2 * n_points)
+            self.lip_delta = nn.Sequential(nn.Linear(audio_ch + ch[-1], LIP_HIDDEN), nn.ReLU(),
+                                           nn.Linear(LIP_HIDDEN, 2 * n_points))
+            for layer in (self.lip_offset, self.lip_delta[-1]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            self.register_buffer("lip_gain", torch.ones(()))
+
+    def _sketched(self, level: int) -> bool:
+        return self.config.lip_sketch and level < SKETCH_LEVELS
+
+    def forward(self, faces: torch.Tensor, mels: torch.Tensor, *, lips: torch.Tensor | None = None,
+                return_lips: bool = False):
+        """See the class doc. With ``lip_sketch``: ``lips`` ``[N, 33, 2]`` (face sides) draws the sketch
+        from these points instead of the predicted ones (training), and ``return_lips`` also returns the
+        predicted points before ``lip_gain`` and the identity reference's located ones
+        (``(image, points, located)``)."""
         pose, identity = faces[:, :3], faces[:, 3:]
         id_feats, pose_feats = [], []
         a, b = identity, pose
@@ -171,16 +255,47 @@ class Generator(nn.Module):
             id_feats.append(a)
             pose_feats.append(b)
         fused = self.fusion(torch.cat([id_feats.pop(), pose_feats.pop()], dim=1))
-        x = self.decoder[0](torch.cat([self.audio_encoder(mels), fused], dim=1))
+        audio = self.audio_encoder(mels)
+        x = self.decoder[0](torch.cat([audio, fused], dim=1))
+        sketch, predicted, located = [], None, None
+        if self.config.lip_sketch:
+            located = self._locate_lips(id_feats[LOCATOR_LEVEL])
+            predicted, base = self._predict_lips(audio, fused, located)
+            drawn = lips if lips is not None else base + self.lip_gain * (predicted - base)
+            sketch = [render_lip_sketch(drawn, faces.shape[-1])]
+            for _ in range(1, SKETCH_LEVELS):
+                sketch.append(F.avg_pool2d(sketch[-1], 2))
         flow = None
         for block in self.decoder[1:]:
-            x = torch.cat([block(x), id_feats.pop(), pose_feats.pop()], dim=1)
+            parts = [block(x), id_feats.pop(), pose_feats.pop()]
+            if self._sketched(len(id_feats)):
+                parts.append(sketch[len(id_feats)])
+            x = torch.cat(parts, dim=1)
             if self.config.decoder == "warp" and len(id_feats) == FLOW_LEVEL:
                 flow = self.flow_head(x)
-        rgb = self.output_block(x)
-        if self.config.decoder == "plain":
-            return rgb
-        return self._blend(identity, flow, x, rgb)
+        out = self.output_block(x) if self.config.decoder == "plain" else self._blend(identity, flow, x,
+                                                                                       self.output_block(x))
+        return (out, predicted, located) if return_lips else out
+
+    def _locate_lips(self, features: torch.Tensor) -> torch.Tensor:
+        """``[N, 33, 2]`` face sides: the identity reference's lip and jaw points, the soft-argmax of
+        ``lip_prior + lip_locator(features)`` (features detached: the locator does not move the encoder)."""
+        logits = self.lip_prior + self.lip_locator(features.detach())  # [N, P, s, s]
+        n, p, side, _ = logits.shape
+        weights = torch.softmax(logits.flatten(2), dim=2).view(n, p, side, side)
+        cells = (torch.arange(side, device=logits.device, dtype=logits.dtype) + 0.5) / side
+        return torch.stack([(weights.sum(dim=2) * cells).sum(dim=2), (weights.sum(dim=3) * cells).sum(dim=2)], dim=2)
+
+    def _predict_lips(self, audio: torch.Tensor, fused: torch.Tensor,
+                      located: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(points, resting)``, each ``[N, 33, 2]`` in face sides: the predicted lip and jaw landmarks of the
+        frame (resting shape + displacement) and the resting shape alone (``located`` + a pose offset). The
+        predictor reads the bottleneck features without moving them (detached): the image path learns from
+        the image losses only."""
+        fused, audio = fused.detach().flatten(1), audio.detach().flatten(1)
+        base = located + self.lip_offset(fused).view(located.shape)
+        delta = self.lip_delta(torch.cat([audio, fused], dim=1)).view(located.shape)
+        return base + delta, base
 
     def _blend(self, identity, flow, features, rgb):
         """``m·warp(identity, flow) + (1 − m)·rgb``; the flow is in units of the face side
