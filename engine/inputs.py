@@ -7,6 +7,14 @@ S/2:, masked to 0: the part the generator draws), channels 3–5 the
 texture), float32 in [0, 1], RGB. Its mel windows come from
 ``engine.audio.mel_window`` / ``MelStream``.
 
+A generator with ``info.identity_lips`` (``GeneratorConfig.lip_sketch``) also
+takes the identity reference's 33 lip and jaw points
+(``engine.face.lip_shape``: x, y in face sides) and finds them in the pose
+reference's masked half, which holds nothing else: row S−1, columns 0–32,
+x in channel 0 and y in channel 1 (:data:`IDENTITY_LIPS_ROW`). The generator
+reads them there and clears the half before its pose encoder, so every
+backend, batching and export keeps its two inputs.
+
 The streaming pipeline and the INT8 calibration (:func:`generator_faces`,
 uint8 crops), the training data and the training monitor
 (:func:`generator_input`, float faces) all build ``faces`` here, so that
@@ -17,6 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
+IDENTITY_LIPS_ROW = -1
+"""Row of the pose reference (its last: inside the masked half) that carries the identity reference's lip points."""
+
 
 def pose_reference(faces: np.ndarray) -> np.ndarray:
     """A copy of ``[..., C, S, S]`` faces (any float dtype) with the lower half, rows S/2:, set to 0."""
@@ -25,13 +36,15 @@ def pose_reference(faces: np.ndarray) -> np.ndarray:
     return pose
 
 
-def generator_input(faces: np.ndarray, identity: np.ndarray) -> np.ndarray:
+def generator_input(faces: np.ndarray, identity: np.ndarray, identity_lips: np.ndarray | None = None) -> np.ndarray:
     """The ``faces`` input from float faces: pose reference of ``faces`` beside ``identity``.
 
     Args:
         faces: ``[N, 3, S, S]`` float32 in [0, 1], the frames to generate (unmasked).
         identity: ``[N, 3, S, S]``, or ``[3, S, S]`` for one reference held
             for all N, float32 in [0, 1].
+        identity_lips: ``[N, 33, 2]`` or ``[33, 2]``, the identity reference's lip and jaw points in face
+            sides, written into the pose reference's masked half (module doc); None: not written.
 
     Returns ``[N, 6, S, S]`` float32.
 
@@ -41,10 +54,15 @@ def generator_input(faces: np.ndarray, identity: np.ndarray) -> np.ndarray:
     if faces.ndim != 4 or faces.shape[1] != 3:
         raise ValueError(f"expected faces [N, 3, S, S], got {faces.shape}")
     identity = np.broadcast_to(np.asarray(identity, dtype=np.float32), faces.shape)
-    return np.concatenate([pose_reference(faces), identity], axis=1)
+    pose = pose_reference(faces)
+    if identity_lips is not None:
+        lips = np.broadcast_to(np.asarray(identity_lips, np.float32), (len(faces), 33, 2))
+        pose[:, 0:2, IDENTITY_LIPS_ROW, :33] = lips.transpose(0, 2, 1)
+    return np.concatenate([pose, identity], axis=1)
 
 
-def generator_faces(crops: np.ndarray, identity: np.ndarray | None, info) -> np.ndarray:
+def generator_faces(crops: np.ndarray, identity: np.ndarray | None, info,
+                    identity_lips: np.ndarray | None = None) -> np.ndarray:
     """The ``faces`` input for k uint8 face crops, as the streaming pipeline holds them.
 
     Args:
@@ -53,10 +71,12 @@ def generator_faces(crops: np.ndarray, identity: np.ndarray | None, info) -> np.
             ``info.identity == "held"`` (ignored for ``"current"``, where
             each unmasked crop is its own reference, as in Wav2Lip).
         info: the generator's :class:`engine.models.GeneratorInfo`.
+        identity_lips: ``[33, 2]`` the held identity reference's lip and jaw points in face sides
+            (``engine.face.lip_shape``), needed when ``info.identity_lips``.
 
     Returns ``[k, 6, S, S]`` float32 in [0, 1].
 
-    Raises ValueError: crops not ``[k, S, S, 3]``, or a held identity missing.
+    Raises ValueError: crops not ``[k, S, S, 3]``, or a held identity (or its lip points) missing.
     """
     S = info.size
     if crops.ndim != 4 or crops.shape[1:] != (S, S, 3):
@@ -66,4 +86,7 @@ def generator_faces(crops: np.ndarray, identity: np.ndarray | None, info) -> np.
         return generator_input(faces, faces)
     if identity is None:
         raise ValueError("this generator needs a held identity reference")
-    return generator_input(faces, identity.astype(np.float32).transpose(2, 0, 1) / 255.0)
+    if info.identity_lips and identity_lips is None:
+        raise ValueError("this generator needs the identity reference's lip points")
+    return generator_input(faces, identity.astype(np.float32).transpose(2, 0, 1) / 255.0,
+                           identity_lips if info.identity_lips else None)

@@ -43,3 +43,34 @@ def test_bad_shapes_are_clear_errors(crops):
         generator_faces(crops, None, HELD)
     with pytest.raises(ValueError, match=r"expected faces \[N, 3, S, S\]"):
         generator_input(np.zeros((5, 96, 96, 3), np.float32), np.zeros((3, 96, 96), np.float32))
+
+
+def test_identity_lips_ride_in_the_masked_half_for_the_generators_that_take_them(crops, grid_train_data):
+    """A lip-sketch generator's identity points sit in row S−1, columns 0–32 of the pose reference (x in channel
+    0, y in 1), nowhere else; the training data (with its flip) put the identity frame's own tracked points
+    there; a generator that takes them refuses an input without them."""
+    from dataclasses import replace
+
+    from engine.face import mean_lip_shape
+    from train.data import WindowDataset, load_clips, window_lips
+
+    lips = mean_lip_shape()
+    with_lips = replace(HELD, identity_lips=True)
+    faces = generator_faces(crops, crops[0], with_lips, lips)
+    assert np.array_equal(faces[:, 0, -1, :33], np.broadcast_to(lips[:, 0], (5, 33)))
+    assert np.array_equal(faces[:, 1, -1, :33], np.broadcast_to(lips[:, 1], (5, 33)))
+    plain = generator_faces(crops, crops[0], HELD, lips)  # a generator without them gets the plain input
+    rest = faces.copy()
+    rest[:, 0:2, -1, :33] = 0
+    assert np.array_equal(rest, plain) and not plain[:, :3, 48:].any()
+    with pytest.raises(ValueError, match="lip points"):
+        generator_faces(crops, crops[0], with_lips)
+    clips = load_clips(grid_train_data, "train")
+    for index in range(6):
+        sample = WindowDataset(clips, k=5, identity="held", lips=True)[index]
+        row = sample["faces"][0, 0:2, -1, :33].numpy().T
+        assert sample["lips"].shape == (5, 33, 2) and row.shape == (33, 2)
+        assert 0.1 < row[:, 0].min() and row[:, 0].max() < 0.9 and 0.5 < row[:, 1].min() < row[:, 1].max() < 1.0
+        unflipped = [window_lips(c, t, 1)[0] for c in clips for t in range(c.n_frames)]
+        mirrored = [window_lips(c, t, 1, flip=True)[0] for c in clips for t in range(c.n_frames)]
+        assert min(min(np.abs(u - row).max() for u in unflipped), min(np.abs(m - row).max() for m in mirrored)) < 1e-6

@@ -137,6 +137,37 @@ def test_wav2lip_style_model_uses_the_current_frame_as_identity(tmp_path, grid_f
     assert p.info.mel_offset_s == 0.0
 
 
+def test_lip_sketch_generator_gets_the_identity_references_own_lip_points(grid_frames):
+    """For a generator with info.identity_lips the pipeline hands over, with the held identity reference, that
+    frame's tracked lip and jaw points in face sides (engine.inputs), and every frame is generated."""
+    from engine.face import FaceTracker, box_pixels, lip_shape
+    from engine.models.generator import Generator, GeneratorConfig
+
+    frames, audio = grid_frames
+    gen = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", lip_sketch=True)).eval()
+    seen = []
+
+    class Recording:  # the torch backend, recording its inputs
+        def __init__(self, backend):
+            self.backend, self.info = backend, backend.info
+
+        def run(self, faces, mels):
+            seen.append(faces.copy())
+            return self.backend.run(faces, mels)
+
+    p = Pipeline(Recording(backends.load(gen, "torch")), PipelineConfig(chunk=5))
+    try:
+        out = feed(p, frames[:10], audio[: 10 * 640])
+    finally:
+        p.close()
+    assert len(out) == 10 and all(f.generated for f, _ in out)
+    with FaceTracker() as tracker:
+        first = tracker.track(frames[0], 0.0)  # the identity reference: the first frame with a face
+    expected = lip_shape(first.landmarks[None], np.array([box_pixels(first.box)], np.float64))[0]
+    sent = seen[0][:, 0:2, -1, :33].transpose(0, 2, 1)
+    assert np.abs(sent - expected).max() < 1e-5
+
+
 def test_file_driver_tracks_ahead_in_order_and_raises_source_errors(grid_frames):
     from engine.face import FaceTracker
     from realtime.runner import _TrackAhead

@@ -11,9 +11,8 @@ One sample (Yaman et al. 2024 §3.1, §3.5; Wav2Lip's sampling, spec §3.5):
   frame (``GeneratorInfo.mel_offset_s = -0.1``);
 * with ``lips``: ``lips`` ``[k, 33, 2]``, the targets' lip and jaw landmarks
   in face sides (``engine.face.lip_shape``; flipped with the faces), what a
-  ``lip_sketch`` generator is drawn to and its lip predictor learns from,
-  and ``id_lips`` ``[k, 33, 2]``, those of the identity reference (what its
-  lip locator learns from);
+  ``lip_sketch`` generator is drawn to and its lip predictor learns from; the
+  identity reference's points then ride in ``faces`` (``engine.inputs``);
 * with ``sync_mel``: ``sync_mel`` ``[1, 80, 16]``, the 0.2 s mel window that
   starts at frame t (the lip expert's window, spec §3.5 "Training");
 * with ``context`` C > 0, what the AV-HuBERT sync loss needs (``train.roi``):
@@ -47,7 +46,7 @@ from engine.inputs import generator_input
 from train.augment import Augment
 
 ROI_KEYS = ("roi_affine", "roi_frames", "roi_origin", "frame_size")
-PER_FRAME_KEYS = ("faces", "mels", "target", "lips", "id_lips")
+PER_FRAME_KEYS = ("faces", "mels", "target", "lips")
 IDENTITY_AFFINE = np.array([[1, 0, 0], [0, 1, 0]], np.float32)  # for padding frames (never looked at)
 
 
@@ -232,15 +231,16 @@ class WindowDataset(torch.utils.data.Dataset):
         identity = aug.faces(ids.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         mels = aug.mel(np.stack([mel_window(clip.mel, (t + i) / clip.fps, self.mel_offset_s)
                                  for i in range(self.k)])[:, None])
+        id_lips = None
+        if self.lips:
+            id_lips = window_lips(clip, r, self.k if self.identity == "window" else 1, aug.flip)
         sample = {
-            "faces": torch.from_numpy(generator_input(target, identity)),
+            "faces": torch.from_numpy(generator_input(target, identity, id_lips)),
             "mels": torch.from_numpy(mels),
             "target": torch.from_numpy(target),
         }
         if self.lips:
             sample["lips"] = torch.from_numpy(window_lips(clip, t, self.k, aug.flip))
-            ref = window_lips(clip, r, self.k if self.identity == "window" else 1, aug.flip)
-            sample["id_lips"] = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(ref, (self.k, *ref.shape[1:]))))
         if self.sync_mel:
             sample["sync_mel"] = torch.from_numpy(aug.mel(mel_window(clip.mel, t / clip.fps, 0.0))[None])
         if self.context:

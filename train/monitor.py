@@ -62,7 +62,7 @@ from engine.metrics import (audio_mouth_coupling, avs_scores, lip_landmark_error
 from engine.models.avhubert import AVHubert
 from engine.models.syncnet import SyncNet, SyncNetColor, lower_halves
 from engine.inputs import generator_input
-from train.data import Clip, collate, context_arrays
+from train.data import Clip, collate, context_arrays, window_lips
 from train.roi import avhubert_video, context_rois
 
 LSE_SIZE = 224  # syncnet_python's face crop side
@@ -94,12 +94,13 @@ class Monitor:
         if self.avhubert is not None and not all(c.has_roi for c in self.clips):
             raise ValueError("AVSu needs validation clips with mouth-ROI data: re-run python -m train.preprocess")
 
-    def _inputs(self, clip: Clip, n: int, mel_offset_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, clip: Clip, n: int, mel_offset_s: float,
+                identity_lips: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         faces = clip.faces[:n].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         T = len(clip.valid)
         held = clip.faces[T // 2].transpose(2, 0, 1).astype(np.float32) / 255.0  # one reference, as the pipeline
         mels = np.stack([mel_window(clip.mel, i / clip.fps, mel_offset_s) for i in range(n)])[:, None]
-        inputs = generator_input(faces, held)
+        inputs = generator_input(faces, held, window_lips(clip, T // 2, 1) if identity_lips else None)
         return torch.from_numpy(inputs).to(self.device), torch.from_numpy(mels).to(self.device)
 
     @torch.no_grad()
@@ -114,7 +115,7 @@ class Monitor:
                  "expert_conf": [], "expert_conf_real": []}
         for clip in self.clips:
             n = min(len(clip.valid), self.max_frames) // self.k * self.k
-            faces, mels = self._inputs(clip, n, gen.info.mel_offset_s)
+            faces, mels = self._inputs(clip, n, gen.info.mel_offset_s, gen.info.identity_lips)
             fake = torch.cat([gen(faces[i: i + self.k], mels[i: i + self.k]) for i in range(0, n, self.k)])
             fake = fake.float().clamp(0, 1)
             real = torch.from_numpy(clip.faces[:n].transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(fake)

@@ -262,7 +262,7 @@ def calibrate_lip_gain(gen: Generator, windows: WindowDataset, device: torch.dev
     real_var = pred_var = 0.0
     for start in range(0, len(windows), batch):
         items = collate([windows[i] for i in range(start, min(len(windows), start + batch))])
-        _, pred, _ = gen(items["faces"].to(device), items["mels"].to(device), return_lips=True)
+        _, pred = gen(items["faces"].to(device), items["mels"].to(device), return_lips=True)
         for points, acc in ((items["lips"].to(device), "real"), (pred, "pred")):
             gap = (points[:, INNER_GAP[1], 1] - points[:, INNER_GAP[0], 1]).view(-1, windows.k).double()
             value = float(gap.var(dim=1, unbiased=False).sum())
@@ -504,15 +504,14 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             if "lips" in batch:  # teacher forcing: the sketch of the target's own landmarks, jittered
                 drawn = batch["lips"] + torch.randn_like(batch["lips"]) * (LIP_JITTER_PX / size)
-                fake, lips, located = gen_step(batch["faces"], batch["mels"], lips=drawn, return_lips=True)
+                fake, lips = gen_step(batch["faces"], batch["mels"], lips=drawn, return_lips=True)
             else:
                 fake = gen_step(batch["faces"], batch["mels"])
             losses = {"l1": l1_loss(fake.float(), batch["target"], loss_w["l1_lower_weight"])}
             total = loss_w["l1"] * losses["l1"]
-            if "lips" in batch:  # the frame's points, and the identity reference's as the locator finds them
+            if "lips" in batch:
                 losses["lips_px"] = (lips.float() - batch["lips"]).abs().mean() * size
-                losses["lips_ref_px"] = (located.float() - batch["id_lips"]).abs().mean() * size
-                total = total + loss_w["lips"] * (losses["lips_px"] + losses["lips_ref_px"])
+                total = total + loss_w["lips"] * losses["lips_px"]
             if loss_w["grad"] > 0:
                 losses["grad"] = gradient_loss(lower_half(fake.float()), lower_half(batch["target"]))
                 total = total + loss_w["grad"] * losses["grad"]

@@ -54,7 +54,7 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
     files; ValueError when no frame has a face or an image has no audio.
     """
     from engine.audio import load_audio, mel_window, melspectrogram
-    from engine.face import FaceTracker, crop
+    from engine.face import FaceTracker, box_pixels, crop, lip_shape
     from engine.media import probe_video, read_frames
     from engine.inputs import generator_faces
 
@@ -67,11 +67,13 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
         frames = ((image, i / 25.0) for i in range(chunks * k))
     else:
         frames = read_frames(video)
-    crops, windows = [], []
+    crops, windows, first_lips = [], [], None
     with FaceTracker(crop=info.crop) as tracker, contextlib.closing(frames):
         for frame, t in frames:
             face = tracker.track(frame, t)
             if face is not None:
+                if first_lips is None:  # the identity reference's lip points (generators that take them)
+                    first_lips = lip_shape(face.landmarks[None], np.array([box_pixels(face.box)], np.float64))[0]
                 crops.append(crop(frame, face.box, info.size))
                 windows.append(mel_window(mel, t, info.mel_offset_s))
             if len(crops) == chunks * k:
@@ -80,7 +82,7 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
         raise ValueError(f"no face found in {video}: cannot calibrate on it")
     batches = []
     for i in range(0, len(crops), k):
-        faces = generator_faces(np.stack(crops[i:i + k]), crops[0], info)
+        faces = generator_faces(np.stack(crops[i:i + k]), crops[0], info, first_lips)
         batches.append((faces, np.stack(windows[i:i + k])[:, None]))
     return batches
 

@@ -38,9 +38,10 @@ Two options beside the paper's layout (``GeneratorConfig``):
 * ``lip_sketch=True``: the mouth is drawn to an explicit shape. A small
   predictor gives the 33 lip and jaw landmarks of the frame
   (``engine.face.LIP_SHAPE_POINTS``) as the person's resting shape (the
-  identity reference's points, found by a soft-argmax locator on its
-  features, plus a pose offset from the bottleneck) plus an audio-driven
-  displacement (from the audio embedding and the bottleneck); the points are drawn
+  identity reference's own tracked points, an input that rides in the pose
+  reference's masked half, ``engine.inputs``, plus a pose offset from the
+  bottleneck) plus an audio-driven displacement (from the audio embedding
+  and the bottleneck); the points are drawn
   as Gaussian dots on three maps (outer lip, inner lip, jaw;
   :func:`render_lip_sketch`) that join the decoder's skip connections at
   every scale down to S/8. In training the sketch is drawn from the
@@ -71,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoints import FORMAT, VERSION, CheckpointError, GeneratorFormat, atomic_save, describe, load_state
+from engine.inputs import IDENTITY_LIPS_ROW
 from engine.models.info import GeneratorInfo
 from engine.models.blocks import ConvBlock, TransposeBlock, audio_encoder
 
@@ -127,10 +129,6 @@ SKETCH_LEVELS = 4
 SKETCH_SIGMA = 1.2 / 96
 """Radius (standard deviation) of a sketch dot, in face sides: 1.2 px at 96 px."""
 LIP_HIDDEN = 256
-LOCATOR_LEVEL = 2
-"""The lip locator reads the identity encoder's features at scales[LOCATOR_LEVEL] (S/4)."""
-LOCATOR_PRIOR_CELLS = 1.5
-"""Radius (standard deviation) of the locator's prior bump around the mean face's point, in cells of its map."""
 
 
 def render_lip_sketch(points: torch.Tensor, size: int) -> torch.Tensor:
@@ -179,7 +177,8 @@ class Generator(nn.Module):
     def __init__(self, config: GeneratorConfig = GeneratorConfig()):
         super().__init__()
         self.config = config
-        self.info = GeneratorInfo(kind="dubcam", size=config.size, mel_offset_s=-0.1, identity="held", crop="square")
+        self.info = GeneratorInfo(kind="dubcam", size=config.size, mel_offset_s=-0.1, identity="held", crop="square",
+                                  identity_lips=config.lip_sketch)
         scales, ch = config.scales(), config.channels()
         self.identity_encoder = _encoder(3, config)
         self.pose_encoder = _encoder(3, config)
@@ -212,24 +211,11 @@ class Generator(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
         if config.lip_sketch:
-            from engine.face import LIP_SHAPE_POINTS, mean_lip_shape
+            from engine.face import LIP_SHAPE_POINTS
 
             n_points = len(LIP_SHAPE_POINTS)
-            # Where the identity reference's lips are: a heat map per point on the identity encoder's S/4
-            # features, read by soft-argmax; its prior is a bump at the mean face's point, so that the
-            # zero-initialised map starts at the mean shape (translation-equivariant: it learns sooner than a
-            # regression from the 1x1 bottleneck, which gave the resting shape no better than the mean face).
-            self.lip_locator = nn.Conv2d(ch[LOCATOR_LEVEL], n_points, 3, 1, 1)
-            nn.init.zeros_(self.lip_locator.weight)
-            nn.init.zeros_(self.lip_locator.bias)
-            side = scales[LOCATOR_LEVEL]
-            cells = (torch.arange(side, dtype=torch.float32) + 0.5) / side
-            mean = torch.from_numpy(mean_lip_shape())
-            d2 = ((cells.view(1, 1, side) - mean[:, 0, None, None]) ** 2
-                  + (cells.view(1, side, 1) - mean[:, 1, None, None]) ** 2)
-            self.register_buffer("lip_prior", -d2 / (2 * (LOCATOR_PRIOR_CELLS / side) ** 2))
-            # The target's resting shape = the reference's shape + an offset (pose, from the bottleneck), and
-            # the audio-driven displacement; both start at zero.
+            # The target's resting shape = the identity reference's points + an offset (pose, from the
+            # bottleneck), and the audio-driven displacement; both start at zero.
             self.lip_offset = nn.Linear(ch[-1], 2 * n_points)
             self.lip_delta = nn.Sequential(nn.Linear(audio_ch + ch[-1], LIP_HIDDEN), nn.ReLU(),
                                            nn.Linear(LIP_HIDDEN, 2 * n_points))
@@ -237,6 +223,9 @@ class Generator(nn.Module):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
             self.register_buffer("lip_gain", torch.ones(()))
+            upper = torch.ones(1, 1, config.size, config.size)
+            upper[..., config.size // 2:, :] = 0
+            self.register_buffer("pose_upper", upper, persistent=False)
 
     def _sketched(self, level: int) -> bool:
         return self.config.lip_sketch and level < SKETCH_LEVELS
@@ -245,9 +234,12 @@ class Generator(nn.Module):
                 return_lips: bool = False):
         """See the class doc. With ``lip_sketch``: ``lips`` ``[N, 33, 2]`` (face sides) draws the sketch
         from these points instead of the predicted ones (training), and ``return_lips`` also returns the
-        predicted points before ``lip_gain`` and the identity reference's located ones
-        (``(image, points, located)``)."""
+        predicted points before ``lip_gain`` (``(image, points)``)."""
         pose, identity = faces[:, :3], faces[:, 3:]
+        reference = None
+        if self.config.lip_sketch:  # the identity reference's points ride in the masked half (engine.inputs)
+            reference = faces[:, 0:2, IDENTITY_LIPS_ROW, :self.lip_offset.out_features // 2].transpose(1, 2)
+            pose = pose * self.pose_upper
         id_feats, pose_feats = [], []
         a, b = identity, pose
         for id_block, pose_block in zip(self.identity_encoder, self.pose_encoder):
@@ -257,10 +249,9 @@ class Generator(nn.Module):
         fused = self.fusion(torch.cat([id_feats.pop(), pose_feats.pop()], dim=1))
         audio = self.audio_encoder(mels)
         x = self.decoder[0](torch.cat([audio, fused], dim=1))
-        sketch, predicted, located = [], None, None
+        sketch, predicted = [], None
         if self.config.lip_sketch:
-            located = self._locate_lips(id_feats[LOCATOR_LEVEL])
-            predicted, base = self._predict_lips(audio, fused, located)
+            predicted, base = self._predict_lips(audio, fused, reference)
             drawn = lips if lips is not None else base + self.lip_gain * (predicted - base)
             sketch = [render_lip_sketch(drawn, faces.shape[-1])]
             for _ in range(1, SKETCH_LEVELS):
@@ -275,26 +266,17 @@ class Generator(nn.Module):
                 flow = self.flow_head(x)
         out = self.output_block(x) if self.config.decoder == "plain" else self._blend(identity, flow, x,
                                                                                        self.output_block(x))
-        return (out, predicted, located) if return_lips else out
-
-    def _locate_lips(self, features: torch.Tensor) -> torch.Tensor:
-        """``[N, 33, 2]`` face sides: the identity reference's lip and jaw points, the soft-argmax of
-        ``lip_prior + lip_locator(features)`` (features detached: the locator does not move the encoder)."""
-        logits = self.lip_prior + self.lip_locator(features.detach())  # [N, P, s, s]
-        n, p, side, _ = logits.shape
-        weights = torch.softmax(logits.flatten(2), dim=2).view(n, p, side, side)
-        cells = (torch.arange(side, device=logits.device, dtype=logits.dtype) + 0.5) / side
-        return torch.stack([(weights.sum(dim=2) * cells).sum(dim=2), (weights.sum(dim=3) * cells).sum(dim=2)], dim=2)
+        return (out, predicted) if return_lips else out
 
     def _predict_lips(self, audio: torch.Tensor, fused: torch.Tensor,
-                      located: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(points, resting)``, each ``[N, 33, 2]`` in face sides: the predicted lip and jaw landmarks of the
-        frame (resting shape + displacement) and the resting shape alone (``located`` + a pose offset). The
-        predictor reads the bottleneck features without moving them (detached): the image path learns from
-        the image losses only."""
+        frame (resting shape + displacement) and the resting shape alone (the identity reference's points
+        ``reference`` + a pose offset). The predictor reads the bottleneck features without moving them
+        (detached): the image path learns from the image losses only."""
         fused, audio = fused.detach().flatten(1), audio.detach().flatten(1)
-        base = located + self.lip_offset(fused).view(located.shape)
-        delta = self.lip_delta(torch.cat([audio, fused], dim=1)).view(located.shape)
+        base = reference + self.lip_offset(fused).view(reference.shape)
+        delta = self.lip_delta(torch.cat([audio, fused], dim=1)).view(reference.shape)
         return base + delta, base
 
     def _blend(self, identity, flow, features, rgb):

@@ -20,6 +20,8 @@ class GeneratorInfo:
         inference does).
     crop: face-box style the model was trained on, see
         :func:`engine.face.crop_box`: ``"square"`` or ``"wav2lip"``.
+    identity_lips: the model also takes the held identity reference's lip
+        and jaw points (``engine.inputs``; our ``lip_sketch`` generators).
     """
 
     kind: Literal["dubcam", "wav2lip"]
@@ -27,6 +29,7 @@ class GeneratorInfo:
     mel_offset_s: float
     identity: Literal["held", "current"]
     crop: Literal["square", "wav2lip"]
+    identity_lips: bool = False
 
     @property
     def lookahead_s(self) -> float:
