@@ -151,12 +151,9 @@ def lip_shape(landmarks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return ((pts - boxes[:, None, :2]) / side).astype(np.float32)
 
 
-def mean_lip_shape() -> np.ndarray:
-    """``[33, 2]`` float32: :func:`lip_shape` of the MediaPipe mean face in its own square crop
-    (:func:`crop_box`), the starting point of the generator's lip predictor."""
-    face = np.load(MEAN_FACE).astype(np.float64)[:, :2]
-    b = crop_box(face)
-    return lip_shape(face[None], np.array([[b.x0, b.y0, b.x1, b.y1]]))[0]
+def frame_lip_shape(landmarks: np.ndarray, box: Box) -> np.ndarray:
+    """``[33, 2]`` float32: :func:`lip_shape` of one tracked frame (``[478, 2]`` landmarks, its crop ``box``)."""
+    return lip_shape(np.asarray(landmarks)[None], np.array([box_pixels(box)], np.float64))[0]
 
 
 class OneEuroFilter:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.face import LIP_SHAPE_POINTS
+
 IDENTITY_LIPS_ROW = -1
 """Row of the pose reference (its last: inside the masked half) that carries the identity reference's lip points."""
 
@@ -56,8 +58,9 @@ def generator_input(faces: np.ndarray, identity: np.ndarray, identity_lips: np.n
     identity = np.broadcast_to(np.asarray(identity, dtype=np.float32), faces.shape)
     pose = pose_reference(faces)
     if identity_lips is not None:
-        lips = np.broadcast_to(np.asarray(identity_lips, np.float32), (len(faces), 33, 2))
-        pose[:, 0:2, IDENTITY_LIPS_ROW, :33] = lips.transpose(0, 2, 1)
+        n = len(LIP_SHAPE_POINTS)
+        lips = np.broadcast_to(np.asarray(identity_lips, np.float32), (len(faces), n, 2))
+        pose[:, 0:2, IDENTITY_LIPS_ROW, :n] = lips.transpose(0, 2, 1)
     return np.concatenate([pose, identity], axis=1)
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from engine.audio import MEL_WINDOW, SAMPLE_RATE, MelStream, window_start
 from engine.compose import Compositor
-from engine.face import Box, Face, FaceTracker, box_pixels, crop, lip_shape
+from engine.face import Box, Face, FaceTracker, crop, frame_lip_shape
 from engine.inputs import generator_faces
 from engine.provenance import EMBED_MASK_LEVEL, embed_watermark, mask_blocks
 from engine.backends import Backend
@@ -218,7 +218,7 @@ class Pipeline:
             if face is not None and (self._identity is None or t - self._identity_t >= self.config.identity_refresh_s):
                 self._identity, self._identity_t = f.crop, t
                 if self.info.identity_lips:
-                    self._identity_lips = lip_shape(landmarks[None], np.array([box_pixels(box)], np.float64))[0]
+                    self._identity_lips = frame_lip_shape(landmarks, box)
             f.mel_start = window_start(t - (self._audio_origin or 0.0), self.info.mel_offset_s)
         else:
             f.reason = "no_face"

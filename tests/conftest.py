@@ -134,6 +134,16 @@ AVHUBERT_SMALL = AVHubertConfig(encoder_layers=2, encoder_embed_dim=64, encoder_
                                 encoder_attention_heads=4)
 
 
+def mean_lip_shape() -> np.ndarray:
+    """``[33, 2]`` float32: the lip sketch's points (``engine.face.lip_shape``) of the MediaPipe mean face in its
+    own square crop: a plausible identity reference's points for the tests."""
+    from engine.bundled import MEAN_FACE
+    from engine.face import crop_box, frame_lip_shape
+
+    face = np.load(MEAN_FACE).astype(np.float64)[:, :2]
+    return frame_lip_shape(face, crop_box(face))
+
+
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random weights everywhere, including BN statistics, norms, PReLU slopes
     and a weight_g that is not ||weight_v||, so every term of the spec matters."""

@@ -51,7 +51,7 @@ def test_identity_lips_ride_in_the_masked_half_for_the_generators_that_take_them
     there; a generator that takes them refuses an input without them."""
     from dataclasses import replace
 
-    from engine.face import mean_lip_shape
+    from conftest import mean_lip_shape
     from train.data import WindowDataset, load_clips, window_lips
 
     lips = mean_lip_shape()

@@ -167,7 +167,7 @@ def test_lip_sketch_generator_starts_as_the_grown_model_and_follows_the_sketch()
     first (the identity reference's lip points in the masked half do not reach its pose encoder); the decoder
     reads the sketch (the output depends on the points given), the predicted points start at the identity
     reference's, and lip_gain scales only the displacement."""
-    from engine.face import mean_lip_shape
+    from conftest import mean_lip_shape
     from engine.inputs import generator_input
     from train.run import _grow_state
 

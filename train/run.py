@@ -61,6 +61,8 @@ import torch.distributed as dist
 import yaml
 
 from engine.checkpoints import CheckpointError, atomic_save, safe_load
+from engine.face import LIP_SHAPE_POINTS
+from engine.metrics import INNER_LIP_POINTS
 from engine.models.avhubert import AVHubert
 from engine.models.generator import Generator, GeneratorConfig, save_generator
 from engine.models.syncnet import SyncNet, SyncNetColor
@@ -241,8 +243,9 @@ LIP_JITTER_PX = 0.4
 learns to draw to a shape that is a little off, as the predicted shapes are."""
 CALIBRATION_WINDOWS = 256
 """Training windows that set a lip-sketch generator's ``lip_gain`` (:func:`calibrate_lip_gain`)."""
-INNER_GAP = (14, 18)
-"""Indices in ``engine.face.LIP_SHAPE_POINTS`` of the middles of the upper and lower inner lip (points 13, 14)."""
+INNER_GAP = tuple(LIP_SHAPE_POINTS.index(p) for p in INNER_LIP_POINTS)
+"""Indices in ``engine.face.LIP_SHAPE_POINTS`` of the middles of the upper and lower inner lip
+(``engine.metrics.INNER_LIP_POINTS``)."""
 
 
 @torch.no_grad()
@@ -259,17 +262,17 @@ def calibrate_lip_gain(gen: Generator, windows: WindowDataset, device: torch.dev
     """
     was_training = gen.training
     gen.eval()
+
+    def motion(points: torch.Tensor) -> float:  # the gap's variance within each window, summed
+        gap = (points[:, INNER_GAP[1], 1] - points[:, INNER_GAP[0], 1]).view(-1, windows.k).double()
+        return float(gap.var(dim=1, unbiased=False).sum())
+
     real_var = pred_var = 0.0
     for start in range(0, len(windows), batch):
         items = collate([windows[i] for i in range(start, min(len(windows), start + batch))])
         _, pred = gen(items["faces"].to(device), items["mels"].to(device), return_lips=True)
-        for points, acc in ((items["lips"].to(device), "real"), (pred, "pred")):
-            gap = (points[:, INNER_GAP[1], 1] - points[:, INNER_GAP[0], 1]).view(-1, windows.k).double()
-            value = float(gap.var(dim=1, unbiased=False).sum())
-            if acc == "real":
-                real_var += value
-            else:
-                pred_var += value
+        real_var += motion(items["lips"])
+        pred_var += motion(pred)
     gen.train(was_training)
     gain = float(np.clip(np.sqrt(real_var / max(pred_var, 1e-12)), *limits))
     gen.lip_gain.fill_(gain)

@@ -54,7 +54,7 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
     files; ValueError when no frame has a face or an image has no audio.
     """
     from engine.audio import load_audio, mel_window, melspectrogram
-    from engine.face import FaceTracker, box_pixels, crop, lip_shape
+    from engine.face import FaceTracker, crop, frame_lip_shape
     from engine.media import probe_video, read_frames
     from engine.inputs import generator_faces
 
@@ -73,7 +73,7 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
             face = tracker.track(frame, t)
             if face is not None:
                 if first_lips is None:  # the identity reference's lip points (generators that take them)
-                    first_lips = lip_shape(face.landmarks[None], np.array([box_pixels(face.box)], np.float64))[0]
+                    first_lips = frame_lip_shape(face.landmarks, face.box)
                 crops.append(crop(frame, face.box, info.size))
                 windows.append(mel_window(mel, t, info.mel_offset_s))
             if len(crops) == chunks * k:

@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.checkpoints import FORMAT, VERSION, CheckpointError, GeneratorFormat, atomic_save, describe, load_state
+from engine.face import LIP_SHAPE_POINTS
 from engine.inputs import IDENTITY_LIPS_ROW
 from engine.models.info import GeneratorInfo
 from engine.models.blocks import ConvBlock, TransposeBlock, audio_encoder
@@ -211,8 +212,6 @@ class Generator(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
         if config.lip_sketch:
-            from engine.face import LIP_SHAPE_POINTS
-
             n_points = len(LIP_SHAPE_POINTS)
             # The target's resting shape = the identity reference's points + an offset (pose, from the
             # bottleneck), and the audio-driven displacement; both start at zero.
@@ -238,7 +237,7 @@ class Generator(nn.Module):
         pose, identity = faces[:, :3], faces[:, 3:]
         reference = None
         if self.config.lip_sketch:  # the identity reference's points ride in the masked half (engine.inputs)
-            reference = faces[:, 0:2, IDENTITY_LIPS_ROW, :self.lip_offset.out_features // 2].transpose(1, 2)
+            reference = faces[:, 0:2, IDENTITY_LIPS_ROW, :len(LIP_SHAPE_POINTS)].transpose(1, 2)
             pose = pose * self.pose_upper
         id_feats, pose_feats = [], []
         a, b = identity, pose
@@ -264,8 +263,9 @@ class Generator(nn.Module):
             x = torch.cat(parts, dim=1)
             if self.config.decoder == "warp" and len(id_feats) == FLOW_LEVEL:
                 flow = self.flow_head(x)
-        out = self.output_block(x) if self.config.decoder == "plain" else self._blend(identity, flow, x,
-                                                                                       self.output_block(x))
+        out = self.output_block(x)
+        if self.config.decoder == "warp":
+            out = self._blend(identity, flow, x, out)
         return (out, predicted) if return_lips else out
 
     def _predict_lips(self, audio: torch.Tensor, fused: torch.Tensor,
