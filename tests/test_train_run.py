@@ -203,7 +203,7 @@ def test_configs_are_the_paper_recipe_and_its_ablation():
     paper = load_config(str(ROOT / "configs" / "paper_lrs2.yaml"), [])
     assert paper["loss"]["l1"] == 10.0 and paper["loss"]["perceptual"] == 1.0 and paper["loss"]["sync"] == 0.5
     assert paper["lr"] == 1e-4 and paper["sync"]["kind"] == "avhubert"
-    assert paper["model"] == {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain"}
+    assert paper["model"] == {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain", "lip_sketch": False}
     assert paper["audio_encoder"] == "expert"  # §3.2: SyncNet's audio encoder, frozen
     kinds = {}
     for path in sorted((ROOT / "configs").glob("paper_lrs2_*.yaml")):
