@@ -151,9 +151,35 @@ def lip_shape(landmarks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return ((pts - boxes[:, None, :2]) / side).astype(np.float32)
 
 
-def frame_lip_shape(landmarks: np.ndarray, box: Box) -> np.ndarray:
-    """``[33, 2]`` float32: :func:`lip_shape` of one tracked frame (``[478, 2]`` landmarks, its crop ``box``)."""
-    return lip_shape(np.asarray(landmarks)[None], np.array([box_pixels(box)], np.float64))[0]
+def posed_lip_shape(identity_landmarks: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The identity reference's lip sketch points moved into each target frame's head pose.
+
+    The identity reference is another frame of the person, so its mouth sits
+    where that frame's head put it. A least-squares similarity transform
+    (:func:`similarity_transforms`) fitted on the points that do not move with
+    the jaw (:data:`STABLE_POINTS`: eye corners and the base of the nose) maps
+    the identity frame onto each target frame; applied to the identity's
+    :data:`LIP_SHAPE_POINTS`, it gives the reference's own mouth, still in its
+    own shape (nothing of the target's mouth is read), where the target's head
+    holds it. The generator's lip sketch starts from these points
+    (``GeneratorConfig.lip_sketch``, ``engine.inputs.identity_lip_points``).
+
+    Args:
+        identity_landmarks: ``[478, 2]`` or ``[T, 478, 2]`` face-mesh points of the identity reference
+            (frame pixels; one held for all T, or one per target frame).
+        landmarks: ``[T, 478, 2]`` the target frames' points (frame pixels).
+        boxes: ``[T, 4]`` the targets' whole-pixel crop boxes (:func:`box_pixels`).
+
+    Returns ``[T, 33, 2]`` float32 in the targets' face sides, as :func:`lip_shape`.
+    """
+    landmarks = np.asarray(landmarks, np.float64)
+    ident = np.broadcast_to(np.asarray(identity_landmarks, np.float64), landmarks.shape)
+    stable = list(STABLE_POINTS)
+    affines = np.stack([similarity_transforms(ident[i, stable], landmarks[i, stable]) for i in range(len(landmarks))])
+    moved = apply_affines(affines, ident[:, list(LIP_SHAPE_POINTS)])
+    boxes = np.asarray(boxes, np.float64)
+    side = (boxes[:, 2] - boxes[:, 0])[:, None, None]
+    return ((moved - boxes[:, None, :2]) / side).astype(np.float32)
 
 
 class OneEuroFilter:
@@ -460,7 +486,7 @@ def mouth_roi_affines(landmarks: np.ndarray, window: int = MOUTH_ROI_WINDOW,
         raise ValueError(f"window must be >= 1, got {window}")
     landmarks = interpolate_landmarks(landmarks)
     reference = mean_face() if reference is None else np.asarray(reference, dtype=np.float64)
-    n, w = len(landmarks), min(len(landmarks), window)
+    w = min(len(landmarks), window)
     stable = landmarks[:, STABLE_POINTS]
     sums = np.concatenate([np.zeros_like(stable[:1]), np.cumsum(stable, axis=0)])
     smoothed = (sums[w:] - sums[:-w]) / w  # frames 0 .. n-w

@@ -8,10 +8,14 @@ texture), float32 in [0, 1], RGB. Its mel windows come from
 ``engine.audio.mel_window`` / ``MelStream``.
 
 A generator with ``info.identity_lips`` (``GeneratorConfig.lip_sketch``) also
-takes the identity reference's 33 lip and jaw points
-(``engine.face.lip_shape``: x, y in face sides) and finds them in the pose
-reference's masked half, which holds nothing else: row S−1, columns 0–32,
-x in channel 0 and y in channel 1 (:data:`IDENTITY_LIPS_ROW`). The generator
+takes the identity reference's 33 lip and jaw points twice
+(:func:`identity_lip_points`; x, y in face sides): moved into each frame's
+head pose (``engine.face.posed_lip_shape``: the resting shape of the mouth
+that the generator draws) and where they lie in the reference's own crop
+(``engine.face.lip_shape``: where the warp decoder finds the lips to move).
+It finds them in the pose reference's masked half, which holds nothing else:
+row S−1 (:data:`IDENTITY_LIPS_ROW`), x in channel 0 and y in channel 1,
+columns 0–32 the posed points and 33–65 the reference's own. The generator
 reads them there and clears the half before its pose encoder, so every
 backend, batching and export keeps its two inputs.
 
@@ -25,10 +29,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.face import LIP_SHAPE_POINTS
+from engine.face import LIP_SHAPE_POINTS, lip_shape, posed_lip_shape
 
 IDENTITY_LIPS_ROW = -1
-"""Row of the pose reference (its last: inside the masked half) that carries the identity reference's lip points."""
+"""Row of the pose reference (its last: inside the masked half) that carries the identity reference's lip points
+(columns 0–32 posed, 33–65 its own; module doc)."""
+
+
+def identity_lip_points(identity_landmarks: np.ndarray, identity_box: np.ndarray, landmarks: np.ndarray,
+                        boxes: np.ndarray) -> np.ndarray:
+    """The identity reference's lip and jaw points that a lip-sketch generator takes (module doc).
+
+    Args:
+        identity_landmarks: ``[478, 2]`` (one reference held for all T) or ``[T, 478, 2]`` face-mesh points
+            of the identity reference, frame pixels.
+        identity_box: ``[4]`` or ``[T, 4]`` its whole-pixel crop box (``engine.face.box_pixels``).
+        landmarks: ``[T, 478, 2]`` the target frames' points, frame pixels.
+        boxes: ``[T, 4]`` the targets' whole-pixel crop boxes.
+
+    Returns ``[T, 2, 33, 2]`` float32 in face sides: ``[:, 0]`` posed into each target
+    (``engine.face.posed_lip_shape``), ``[:, 1]`` in the reference's own crop (``engine.face.lip_shape``).
+    """
+    landmarks = np.asarray(landmarks, np.float64)
+    T = len(landmarks)
+    ident = np.broadcast_to(np.asarray(identity_landmarks, np.float64), landmarks.shape)
+    own = lip_shape(ident, np.broadcast_to(np.asarray(identity_box, np.float64), (T, 4)))
+    return np.stack([posed_lip_shape(ident, landmarks, boxes), own], axis=1)
 
 
 def pose_reference(faces: np.ndarray) -> np.ndarray:
@@ -45,8 +71,8 @@ def generator_input(faces: np.ndarray, identity: np.ndarray, identity_lips: np.n
         faces: ``[N, 3, S, S]`` float32 in [0, 1], the frames to generate (unmasked).
         identity: ``[N, 3, S, S]``, or ``[3, S, S]`` for one reference held
             for all N, float32 in [0, 1].
-        identity_lips: ``[N, 33, 2]`` or ``[33, 2]``, the identity reference's lip and jaw points in face
-            sides, written into the pose reference's masked half (module doc); None: not written.
+        identity_lips: ``[N, 2, 33, 2]`` or ``[2, 33, 2]``, the identity reference's lip and jaw points
+            (:func:`identity_lip_points`), written into the pose reference's masked half; None: not written.
 
     Returns ``[N, 6, S, S]`` float32.
 
@@ -58,9 +84,11 @@ def generator_input(faces: np.ndarray, identity: np.ndarray, identity_lips: np.n
     identity = np.broadcast_to(np.asarray(identity, dtype=np.float32), faces.shape)
     pose = pose_reference(faces)
     if identity_lips is not None:
-        n = len(LIP_SHAPE_POINTS)
-        lips = np.broadcast_to(np.asarray(identity_lips, np.float32), (len(faces), n, 2))
-        pose[:, 0:2, IDENTITY_LIPS_ROW, :n] = lips.transpose(0, 2, 1)
+        n = 2 * len(LIP_SHAPE_POINTS)
+        if faces.shape[-1] < n:
+            raise ValueError(f"the lip points need faces of at least {n} px, got {faces.shape[-1]}")
+        lips = np.broadcast_to(np.asarray(identity_lips, np.float32), (len(faces), 2, n // 2, 2))
+        pose[:, 0:2, IDENTITY_LIPS_ROW, :n] = lips.reshape(len(faces), n, 2).transpose(0, 2, 1)
     return np.concatenate([pose, identity], axis=1)
 
 
@@ -74,8 +102,8 @@ def generator_faces(crops: np.ndarray, identity: np.ndarray | None, info,
             ``info.identity == "held"`` (ignored for ``"current"``, where
             each unmasked crop is its own reference, as in Wav2Lip).
         info: the generator's :class:`engine.models.GeneratorInfo`.
-        identity_lips: ``[33, 2]`` the held identity reference's lip and jaw points in face sides
-            (``engine.face.lip_shape``), needed when ``info.identity_lips``.
+        identity_lips: ``[k, 2, 33, 2]`` the held identity reference's lip and jaw points
+            (:func:`identity_lip_points`), needed when ``info.identity_lips``.
 
     Returns ``[k, 6, S, S]`` float32 in [0, 1].
 

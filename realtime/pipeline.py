@@ -44,8 +44,8 @@ import numpy as np
 
 from engine.audio import MEL_WINDOW, SAMPLE_RATE, MelStream, window_start
 from engine.compose import Compositor
-from engine.face import Box, Face, FaceTracker, crop, frame_lip_shape
-from engine.inputs import generator_faces
+from engine.face import Box, Face, FaceTracker, box_pixels, crop
+from engine.inputs import generator_faces, identity_lip_points
 from engine.provenance import EMBED_MASK_LEVEL, embed_watermark, mask_blocks
 from engine.backends import Backend
 
@@ -180,7 +180,8 @@ class Pipeline:
         self._last_landmarks: np.ndarray | None = None
         self._missed = 0
         self._identity: np.ndarray | None = None
-        self._identity_lips: np.ndarray | None = None  # [33, 2] its lip points (generators with info.identity_lips)
+        self._identity_landmarks: np.ndarray | None = None  # [478, 2] its landmarks (info.identity_lips)
+        self._identity_box: np.ndarray | None = None  # [4] its whole-pixel crop box
         self._identity_t = float("-inf")
 
     # -- input -------------------------------------------------------------
@@ -217,8 +218,7 @@ class Pipeline:
             f.box, f.landmarks, f.alpha, f.crop = box, landmarks, self._alpha, crop(frame, box, S)
             if face is not None and (self._identity is None or t - self._identity_t >= self.config.identity_refresh_s):
                 self._identity, self._identity_t = f.crop, t
-                if self.info.identity_lips:
-                    self._identity_lips = frame_lip_shape(landmarks, box)
+                self._identity_landmarks, self._identity_box = landmarks, np.array(box_pixels(box), np.float64)
             f.mel_start = window_start(t - (self._audio_origin or 0.0), self.info.mel_offset_s)
         else:
             f.reason = "no_face"
@@ -311,7 +311,12 @@ class Pipeline:
 
     def _run_chunk(self, chunk: list[_Frame], frames: list[_Frame]) -> None:
         t0 = time.perf_counter()
-        faces = generator_faces(np.stack([c.crop for c in chunk]), self._identity, self.info, self._identity_lips)
+        lips = None
+        if self.info.identity_lips:  # the reference's lip points where each frame's head holds them
+            lips = identity_lip_points(self._identity_landmarks, self._identity_box,
+                                       np.stack([c.landmarks for c in chunk]),
+                                       np.array([box_pixels(c.box) for c in chunk], np.float64))
+        faces = generator_faces(np.stack([c.crop for c in chunk]), self._identity, self.info, lips)
         mels = np.stack([self.mel.frames(c.mel_start, c.mel_start + MEL_WINDOW) for c in chunk])[:, None]
         missing = sum(not self.mel.closed and self.mel.n_frames < c.mel_start + MEL_WINDOW for c in chunk)
         if missing:

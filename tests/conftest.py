@@ -134,14 +134,17 @@ AVHUBERT_SMALL = AVHubertConfig(encoder_layers=2, encoder_embed_dim=64, encoder_
                                 encoder_attention_heads=4)
 
 
-def mean_lip_shape() -> np.ndarray:
-    """``[33, 2]`` float32: the lip sketch's points (``engine.face.lip_shape``) of the MediaPipe mean face in its
-    own square crop: a plausible identity reference's points for the tests."""
+def mean_identity_lips() -> np.ndarray:
+    """``[2, 33, 2]`` float32: the identity lip points (``engine.inputs.identity_lip_points``) of the MediaPipe
+    mean face in its own square crop, posed onto itself: a plausible identity reference's points for the tests
+    (both halves the same)."""
     from engine.bundled import MEAN_FACE
-    from engine.face import crop_box, frame_lip_shape
+    from engine.face import box_pixels, crop_box
+    from engine.inputs import identity_lip_points
 
     face = np.load(MEAN_FACE).astype(np.float64)[:, :2]
-    return frame_lip_shape(face, crop_box(face))
+    box = np.array(box_pixels(crop_box(face)), np.float64)
+    return identity_lip_points(face, box, face[None], box[None])[0]
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -115,3 +115,24 @@ def test_square_crop_does_not_follow_the_jaw():
     assert len(gaps) > 60 and np.std(gaps) > 1.0
     assert np.corrcoef(whole, gaps)[0, 1] > 0.5  # the old crop leaked
     assert abs(np.corrcoef(sides, gaps)[0, 1]) < 0.3
+
+
+def test_posed_lip_shape_moves_the_references_mouth_with_the_head_and_reads_nothing_of_the_targets():
+    """posed_lip_shape: a target that is the reference turned, scaled and shifted (a similarity of all its points)
+    gets exactly the reference's lip points under that similarity; onto itself they are its own lip_shape; and
+    the target's own mouth (its lip and jaw points moved) changes nothing."""
+    from engine.bundled import MEAN_FACE
+    from engine.face import LIP_SHAPE_POINTS, box_pixels, lip_shape, posed_lip_shape
+
+    face = np.load(MEAN_FACE).astype(np.float64)[:, :2] * 2 + 50  # a 512-px face
+    angle, scale, shift = np.deg2rad(8), 1.2, np.array([31.0, -12.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    turned = face @ rot.T + shift
+    box = np.array([box_pixels(crop_box(turned))], np.float64)
+    expected = lip_shape(turned[None], box)
+    assert np.abs(posed_lip_shape(face, turned[None], box) - expected).max() < 1e-5
+    own_box = np.array([box_pixels(crop_box(face))], np.float64)
+    assert np.abs(posed_lip_shape(face, face[None], own_box) - lip_shape(face[None], own_box)).max() < 1e-6
+    talking = turned.copy()
+    talking[list(LIP_SHAPE_POINTS[12:])] += [0.0, 25.0]  # the target's inner lip and jaw open by 25 px
+    assert np.array_equal(posed_lip_shape(face, talking[None], box), posed_lip_shape(face, turned[None], box))

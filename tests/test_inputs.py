@@ -46,31 +46,39 @@ def test_bad_shapes_are_clear_errors(crops):
 
 
 def test_identity_lips_ride_in_the_masked_half_for_the_generators_that_take_them(crops, grid_train_data):
-    """A lip-sketch generator's identity points sit in row S−1, columns 0–32 of the pose reference (x in channel
-    0, y in 1), nowhere else; the training data (with its flip) put the identity frame's own tracked points
-    there; a generator that takes them refuses an input without them."""
+    """A lip-sketch generator's identity points sit in row S−1 of the pose reference, columns 0–32 posed and
+    33–65 the reference's own (x in channel 0, y in 1), nowhere else; the training data (with its flip) put
+    there the identity frame's own tracked points and the same points posed into the target; a generator that
+    takes them refuses an input without them."""
     from dataclasses import replace
 
-    from conftest import mean_lip_shape
+    from conftest import mean_identity_lips
     from train.data import WindowDataset, load_clips, window_lips
 
-    lips = mean_lip_shape()
+    lips = mean_identity_lips()
+    lips[0] += np.float32(0.01)  # posed: somewhere else than its own
     with_lips = replace(HELD, identity_lips=True)
     faces = generator_faces(crops, crops[0], with_lips, lips)
-    assert np.array_equal(faces[:, 0, -1, :33], np.broadcast_to(lips[:, 0], (5, 33)))
-    assert np.array_equal(faces[:, 1, -1, :33], np.broadcast_to(lips[:, 1], (5, 33)))
+    for c in (0, 1):
+        assert np.array_equal(faces[:, c, -1, :33], np.broadcast_to(lips[0, :, c], (5, 33)))
+        assert np.array_equal(faces[:, c, -1, 33:66], np.broadcast_to(lips[1, :, c], (5, 33)))
     plain = generator_faces(crops, crops[0], HELD, lips)  # a generator without them gets the plain input
     rest = faces.copy()
-    rest[:, 0:2, -1, :33] = 0
+    rest[:, 0:2, -1, :66] = 0
     assert np.array_equal(rest, plain) and not plain[:, :3, 48:].any()
     with pytest.raises(ValueError, match="lip points"):
         generator_faces(crops, crops[0], with_lips)
     clips = load_clips(grid_train_data, "train")
+    unflipped = [window_lips(c, t, 1)[0] for c in clips for t in range(c.n_frames)]
+    mirrored = [window_lips(c, t, 1, flip=True)[0] for c in clips for t in range(c.n_frames)]
     for index in range(6):
         sample = WindowDataset(clips, k=5, identity="held", lips=True)[index]
-        row = sample["faces"][0, 0:2, -1, :33].numpy().T
-        assert sample["lips"].shape == (5, 33, 2) and row.shape == (33, 2)
-        assert 0.1 < row[:, 0].min() and row[:, 0].max() < 0.9 and 0.5 < row[:, 1].min() < row[:, 1].max() < 1.0
-        unflipped = [window_lips(c, t, 1)[0] for c in clips for t in range(c.n_frames)]
-        mirrored = [window_lips(c, t, 1, flip=True)[0] for c in clips for t in range(c.n_frames)]
-        assert min(min(np.abs(u - row).max() for u in unflipped), min(np.abs(m - row).max() for m in mirrored)) < 1e-6
+        row = sample["faces"][:, 0:2, -1, :66].numpy().transpose(0, 2, 1).reshape(5, 2, 33, 2)
+        assert sample["lips"].shape == (5, 33, 2)
+        posed, own = row[:, 0], row[:, 1]
+        assert 0.1 < posed[..., 0].min() and posed[..., 0].max() < 0.9 and 0.5 < posed[..., 1].min() < 1.0
+        assert np.array_equal(own, np.broadcast_to(own[0], own.shape))  # one reference held for the window
+        assert min(min(np.abs(u - own[0]).max() for u in unflipped),
+                   min(np.abs(m - own[0]).max() for m in mirrored)) < 1e-6
+        # posed into the target: within a few pixels of the reference's own points (GRID heads hold still)
+        assert np.abs(posed - own).max() < 6 / 96

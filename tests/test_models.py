@@ -1,7 +1,5 @@
 """Generators: our architecture at every size, Wav2Lip's published layout, checkpoint detection."""
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,6 @@ from engine.checkpoints import CheckpointError
 from engine.models import load as load_generator
 from engine.models.generator import save_generator
 from engine.models.generator import Generator, GeneratorConfig
-from engine.models.wav2lip import Wav2Lip
 
 
 @pytest.mark.parametrize("size", [96, 128, 192, 256])
@@ -162,12 +159,50 @@ def test_lip_sketch_dots_sit_where_the_points_are():
     assert float(maps[0, :, 90, 90].max()) < 1e-6
 
 
+def test_lip_flow_carries_the_references_points_onto_the_drawn_ones():
+    """lip_flow: sampling at p + flow(p) finds source_i at target_i (within the interpolation's shrink), the
+    flow and its coverage fade far from the points; in a warp generator whose blend is all warp, a bright spot
+    at the reference's lip point moves in the output to where the sketch draws that point."""
+    from engine.models.generator import lip_flow
+
+    source = torch.full((1, 33, 2), 0.1)
+    target = source.clone()
+    source[0, 14] = torch.tensor([40.5 / 96, 60.5 / 96])
+    target[0, 14] = torch.tensor([40.5 / 96, 66.5 / 96])  # point 14 goes 6 px down
+    flow, coverage = lip_flow(source, target, 96)
+    assert flow.shape == (1, 2, 96, 96) and coverage.shape == (1, 1, 96, 96)
+    assert float(flow[0, 1, 66, 40]) == pytest.approx(-6 / 96, rel=0.06) and abs(float(flow[0, 0, 66, 40])) < 1e-6
+    assert float(coverage[0, 0, 66, 40]) > 0.9 and float(coverage[0, 0, 66, 80]) < 1e-3
+    assert float(flow[0, :, 66, 80].abs().max()) < 1e-6 and float(flow[0, :, 9, 9].abs().max()) < 1e-6
+
+    from conftest import mean_identity_lips
+    from engine.inputs import generator_input
+
+    gen = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", decoder="warp", lip_sketch=True)).eval()
+    with torch.no_grad():
+        gen.blend_head.bias.fill_(30.0)  # the output is the warped reference alone
+    lips = mean_identity_lips()
+    own = torch.from_numpy(lips[1])[None]
+    i = 14  # the middle of the upper inner lip
+    x, y = (own[0, i] * 96).long().tolist()
+    identity = np.zeros((1, 3, 96, 96), np.float32)
+    identity[0, :, y, x] = 1.0
+    faces = torch.from_numpy(generator_input(np.zeros_like(identity), identity, lips))
+    drawn = own.clone()
+    drawn[0, 12:20, 1] += 5 / 96  # the inner lip 5 px lower
+    with torch.no_grad():
+        out = gen(faces, torch.zeros(1, 1, 80, 16), lips=drawn)[0, 0]
+    peak_y, peak_x = divmod(int(out.argmax()), 96)
+    assert abs(peak_x - x) <= 1 and 3 <= peak_y - y <= 6 and float(out[y, x]) < 0.5 * float(out.max())
+
+
 def test_lip_sketch_generator_starts_as_the_grown_model_and_follows_the_sketch():
     """A lip-sketch generator grown from one without it (train.run._grow_state) gives the same images at
-    first (the identity reference's lip points in the masked half do not reach its pose encoder); the decoder
+    first (the identity reference's lip points in the masked half do not reach its pose encoder, and with the
+    drawn points on the reference's own the warp's lip flow is zero); the decoder
     reads the sketch (the output depends on the points given), the predicted points start at the identity
     reference's, and lip_gain scales only the displacement."""
-    from conftest import mean_lip_shape
+    from conftest import mean_identity_lips
     from engine.inputs import generator_input
     from train.run import _grow_state
 
@@ -177,13 +212,13 @@ def test_lip_sketch_generator_starts_as_the_grown_model_and_follows_the_sketch()
     new.load_state_dict(_grow_state(new, old.state_dict(), "test"))
     new.eval()
     images = np.random.default_rng(0).random((2, 3, 96, 96), dtype=np.float32)
-    reference = mean_lip_shape() + np.float32(0.01)
+    reference = mean_identity_lips() + np.float32(0.01)
     faces = torch.from_numpy(generator_input(images, images[::-1], reference))
     mels = torch.rand(2, 1, 80, 16) * 8 - 4
     plain = torch.from_numpy(generator_input(images, images[::-1]))
     torch.testing.assert_close(new(faces, mels), old(plain, mels), atol=1e-6, rtol=0)
     out, points = new(faces, mels, return_lips=True)
-    torch.testing.assert_close(points, torch.from_numpy(reference).expand(2, 33, 2))  # no offset or displacement yet
+    torch.testing.assert_close(points, torch.from_numpy(reference[0]).expand(2, 33, 2))  # no displacement yet
     torch.nn.init.normal_(new.output_block[0].conv_block[0].weight, std=0.1)  # let the finest level's sketch through
     moved = points.clone()
     moved[:, 12:20, 1] += 4 / 96  # the inner lip 4 px lower

@@ -137,10 +137,12 @@ def test_wav2lip_style_model_uses_the_current_frame_as_identity(tmp_path, grid_f
     assert p.info.mel_offset_s == 0.0
 
 
-def test_lip_sketch_generator_gets_the_identity_references_own_lip_points(grid_frames):
+def test_lip_sketch_generator_gets_the_identity_references_lip_points_in_each_frames_pose(grid_frames):
     """For a generator with info.identity_lips the pipeline hands over, with the held identity reference, that
-    frame's tracked lip and jaw points in face sides (engine.inputs), and every frame is generated."""
+    frame's tracked lip and jaw points moved into each frame's head pose (engine.face.posed_lip_shape), in face
+    sides (engine.inputs), and every frame is generated."""
     from engine.face import FaceTracker, box_pixels, lip_shape
+    from engine.inputs import identity_lip_points
     from engine.models.generator import Generator, GeneratorConfig
 
     frames, audio = grid_frames
@@ -161,10 +163,13 @@ def test_lip_sketch_generator_gets_the_identity_references_own_lip_points(grid_f
     finally:
         p.close()
     assert len(out) == 10 and all(f.generated for f, _ in out)
-    with FaceTracker() as tracker:
-        first = tracker.track(frames[0], 0.0)  # the identity reference: the first frame with a face
-    expected = lip_shape(first.landmarks[None], np.array([box_pixels(first.box)], np.float64))[0]
-    sent = seen[0][:, 0:2, -1, :33].transpose(0, 2, 1)
+    sent = np.concatenate(seen)[:, 0:2, -1, :66].transpose(0, 2, 1).reshape(-1, 2, 33, 2)
+    with FaceTracker() as tracker:  # the same tracking as the pipeline's; the identity: the first face
+        faces = [tracker.track(frame, i / 25.0) for i, frame in enumerate(frames[:len(sent)])]
+    boxes = np.array([box_pixels(f.box) for f in faces], np.float64)
+    expected = identity_lip_points(faces[0].landmarks, boxes[0], np.stack([f.landmarks for f in faces]), boxes)
+    own = lip_shape(faces[0].landmarks[None], boxes[:1])[0]
+    assert np.abs(sent[:, 1] - own).max() < 1e-5 and np.abs(sent[0, 0] - own).max() < 1e-5  # frame 0: its own pose
     assert np.abs(sent - expected).max() < 1e-5
 
 

@@ -12,7 +12,8 @@ One sample (Yaman et al. 2024 §3.1, §3.5; Wav2Lip's sampling, spec §3.5):
 * with ``lips``: ``lips`` ``[k, 33, 2]``, the targets' lip and jaw landmarks
   in face sides (``engine.face.lip_shape``; flipped with the faces), what a
   ``lip_sketch`` generator is drawn to and its lip predictor learns from; the
-  identity reference's points then ride in ``faces`` (``engine.inputs``);
+  identity reference's points (``engine.inputs.identity_lip_points``: posed
+  into each target's head pose, and in its own crop) then ride in ``faces``;
 * with ``sync_mel``: ``sync_mel`` ``[1, 80, 16]``, the 0.2 s mel window that
   starts at frame t (the lip expert's window, spec §3.5 "Training");
 * with ``context`` C > 0, what the AV-HuBERT sync loss needs (``train.roi``):
@@ -42,7 +43,7 @@ import torch
 
 from engine.audio import avhubert_audio_features, melspectrogram, mel_window
 from engine.face import LIP_SHAPE_MIRROR, Box, box_pixels, lip_shape
-from engine.inputs import generator_input
+from engine.inputs import generator_input, identity_lip_points
 from train.augment import Augment
 
 ROI_KEYS = ("roi_affine", "roi_frames", "roi_origin", "frame_size")
@@ -233,7 +234,8 @@ class WindowDataset(torch.utils.data.Dataset):
                                  for i in range(self.k)])[:, None])
         id_lips = None
         if self.lips:
-            id_lips = window_lips(clip, r, self.k if self.identity == "window" else 1, aug.flip)
+            id_frames = np.arange(r, r + self.k) if self.identity == "window" else np.full(self.k, r)
+            id_lips = window_identity_lips(clip, t, id_frames, aug.flip)
         sample = {
             "faces": torch.from_numpy(generator_input(target, identity, id_lips)),
             "mels": torch.from_numpy(mels),
@@ -250,10 +252,25 @@ class WindowDataset(torch.utils.data.Dataset):
 
 def window_lips(clip: Clip, t: int, k: int, flip: bool = False) -> np.ndarray:
     """``[k, 33, 2]`` float32: the lip and jaw landmarks of frames t … t+k−1 in face sides
-    (``engine.face.lip_shape``), mirrored (x → 1 − x, left and right points swapped) with ``flip``."""
-    pts = lip_shape(clip.landmarks[t: t + k], pixel_boxes(clip.boxes[t: t + k]))
+    (``engine.face.lip_shape``), mirrored with ``flip`` (:func:`_mirror_lips`)."""
+    return _mirror_lips(lip_shape(clip.landmarks[t: t + k], pixel_boxes(clip.boxes[t: t + k])), flip)
+
+
+def window_identity_lips(clip: Clip, t: int, identity: np.ndarray, flip: bool = False) -> np.ndarray:
+    """``[k, 2, 33, 2]`` float32: the identity references' lip points for frames t … t+k−1
+    (``engine.inputs.identity_lip_points``), ``identity`` the ``[k]`` frame indices of the references;
+    mirrored with ``flip``."""
+    k = len(identity)
+    pts = identity_lip_points(clip.landmarks[identity], pixel_boxes(clip.boxes[identity]),
+                              clip.landmarks[t: t + k], pixel_boxes(clip.boxes[t: t + k]))
+    return _mirror_lips(pts, flip)
+
+
+def _mirror_lips(pts: np.ndarray, flip: bool) -> np.ndarray:
+    """Lip points ``[..., 33, 2]`` mirrored as a horizontal flip of the face does (x → 1 − x, left and
+    right points swapped, ``engine.face.LIP_SHAPE_MIRROR``), or unchanged; float32, contiguous."""
     if flip:
-        pts = pts[:, list(LIP_SHAPE_MIRROR)]
+        pts = pts[..., list(LIP_SHAPE_MIRROR), :]
         pts[..., 0] = 1.0 - pts[..., 0]
     return np.ascontiguousarray(pts, np.float32)
 

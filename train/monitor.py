@@ -62,7 +62,7 @@ from engine.metrics import (audio_mouth_coupling, avs_scores, lip_landmark_error
 from engine.models.avhubert import AVHubert
 from engine.models.syncnet import SyncNet, SyncNetColor, lower_halves
 from engine.inputs import generator_input
-from train.data import Clip, collate, context_arrays, window_lips
+from train.data import Clip, collate, context_arrays, window_identity_lips
 from train.roi import avhubert_video, context_rois
 
 LSE_SIZE = 224  # syncnet_python's face crop side
@@ -100,7 +100,8 @@ class Monitor:
         T = len(clip.valid)
         held = clip.faces[T // 2].transpose(2, 0, 1).astype(np.float32) / 255.0  # one reference, as the pipeline
         mels = np.stack([mel_window(clip.mel, i / clip.fps, mel_offset_s) for i in range(n)])[:, None]
-        inputs = generator_input(faces, held, window_lips(clip, T // 2, 1) if identity_lips else None)
+        lips = window_identity_lips(clip, 0, np.full(n, T // 2)) if identity_lips else None
+        inputs = generator_input(faces, held, lips)
         return torch.from_numpy(inputs).to(self.device), torch.from_numpy(mels).to(self.device)
 
     @torch.no_grad()

@@ -207,8 +207,9 @@ def _init_from(path: str, gen, disc) -> None:
 def _grow_state(gen: Generator, sd: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
     """Weights for this ``lip_sketch`` generator from a generator's ``sd``, with or without a lip sketch: where
     ``sd`` has no sketch, the decoder layers that read the sketch maps (appended after the skip channels) get
-    zero weights for them, so the grown model starts as the same function as the given one; the parts of the
-    lip predictor that ``sd`` lacks keep their fresh initialisation.
+    zero weights for them, so the grown model starts as the same function as the given one (but for the warp
+    decoder's flow near the lips, which the sketch's points then set: ``engine.models.generator.lip_flow``);
+    the parts of the lip predictor that ``sd`` lacks keep their fresh initialisation.
 
     Raises RuntimeError (as load_state_dict does) for weights that differ otherwise."""
     own = gen.state_dict()
@@ -254,25 +255,29 @@ def calibrate_lip_gain(gen: Generator, windows: WindowDataset, device: torch.dev
     """Set ``gen.lip_gain`` so that the predicted mouth moves as much as the real one, and return it.
 
     Over ``windows`` (k-frame training windows with ``lips``, no augmentation), the inner-lip gap (the
-    vertical distance of :data:`INNER_GAP`) moves within each window by some variance, for the real
-    landmarks and for the predicted ones before the gain; the gain is the square root of the ratio of
-    their sums (real over predicted), clipped to ``limits``. Within a window, the person's resting shape
-    cancels, so the gain measures only how much an L1-trained predictor shrinks the motion (a regression
-    to the mean does). ``gen`` is left in the mode it was in.
+    vertical distance of :data:`INNER_GAP`) less that of the resting shape (``Generator.identity_lips``)
+    moves within each window by some variance, for the real landmarks and for the predicted ones before
+    the gain; the gain is the square root of the ratio of their sums (real over predicted), clipped to
+    ``limits``. The gain scales the predicted displacement from the resting shape, and it measures how
+    much an L1-trained predictor shrinks that motion (a regression to the mean does). ``gen`` is left in
+    the mode it was in.
     """
     was_training = gen.training
     gen.eval()
 
-    def motion(points: torch.Tensor) -> float:  # the gap's variance within each window, summed
-        gap = (points[:, INNER_GAP[1], 1] - points[:, INNER_GAP[0], 1]).view(-1, windows.k).double()
+    def motion(points: torch.Tensor, resting: torch.Tensor) -> float:  # the displacement's variance in windows
+        d = points - resting
+        gap = (d[:, INNER_GAP[1], 1] - d[:, INNER_GAP[0], 1]).view(-1, windows.k).double()
         return float(gap.var(dim=1, unbiased=False).sum())
 
     real_var = pred_var = 0.0
     for start in range(0, len(windows), batch):
         items = collate([windows[i] for i in range(start, min(len(windows), start + batch))])
-        _, pred = gen(items["faces"].to(device), items["mels"].to(device), return_lips=True)
-        real_var += motion(items["lips"])
-        pred_var += motion(pred)
+        faces = items["faces"].to(device)
+        _, pred = gen(faces, items["mels"].to(device), return_lips=True)
+        resting = gen.identity_lips(faces)[0]
+        real_var += motion(items["lips"].to(device), resting)
+        pred_var += motion(pred, resting)
     gen.train(was_training)
     gain = float(np.clip(np.sqrt(real_var / max(pred_var, 1e-12)), *limits))
     gen.lip_gain.fill_(gain)

@@ -54,9 +54,9 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
     files; ValueError when no frame has a face or an image has no audio.
     """
     from engine.audio import load_audio, mel_window, melspectrogram
-    from engine.face import FaceTracker, crop, frame_lip_shape
+    from engine.face import FaceTracker, box_pixels, crop
     from engine.media import probe_video, read_frames
-    from engine.inputs import generator_faces
+    from engine.inputs import generator_faces, identity_lip_points
 
     still = probe_video(video).still
     if audio is None and still:
@@ -67,22 +67,24 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
         frames = ((image, i / 25.0) for i in range(chunks * k))
     else:
         frames = read_frames(video)
-    crops, windows, first_lips = [], [], None
+    crops, windows, landmarks, boxes = [], [], [], []
     with FaceTracker(crop=info.crop) as tracker, contextlib.closing(frames):
         for frame, t in frames:
             face = tracker.track(frame, t)
             if face is not None:
-                if first_lips is None:  # the identity reference's lip points (generators that take them)
-                    first_lips = frame_lip_shape(face.landmarks, face.box)
+                landmarks.append(face.landmarks)
+                boxes.append(box_pixels(face.box))
                 crops.append(crop(frame, face.box, info.size))
                 windows.append(mel_window(mel, t, info.mel_offset_s))
             if len(crops) == chunks * k:
                 break
     if not crops:
         raise ValueError(f"no face found in {video}: cannot calibrate on it")
+    # the identity reference: the first face; its lip points for the generators that take them
+    lips = identity_lip_points(landmarks[0], boxes[0], np.stack(landmarks), np.array(boxes, np.float64))
     batches = []
     for i in range(0, len(crops), k):
-        faces = generator_faces(np.stack(crops[i:i + k]), crops[0], info, first_lips)
+        faces = generator_faces(np.stack(crops[i:i + k]), crops[0], info, lips[i:i + k])
         batches.append((faces, np.stack(windows[i:i + k])[:, None]))
     return batches
 

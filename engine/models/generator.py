@@ -38,13 +38,18 @@ Two options beside the paper's layout (``GeneratorConfig``):
 * ``lip_sketch=True``: the mouth is drawn to an explicit shape. A small
   predictor gives the 33 lip and jaw landmarks of the frame
   (``engine.face.LIP_SHAPE_POINTS``) as the person's resting shape (the
-  identity reference's own tracked points, an input that rides in the pose
-  reference's masked half, ``engine.inputs``, plus a pose offset from the
-  bottleneck) plus an audio-driven displacement (from the audio embedding
-  and the bottleneck); the points are drawn
-  as Gaussian dots on three maps (outer lip, inner lip, jaw;
+  identity reference's own tracked points moved into the frame's head pose,
+  ``engine.face.posed_lip_shape``, an input that rides in the pose
+  reference's masked half, ``engine.inputs``) plus an audio-driven
+  displacement (from the audio embedding and the bottleneck); the points
+  are drawn as Gaussian dots on three maps (outer lip, inner lip, jaw;
   :func:`render_lip_sketch`) that join the decoder's skip connections at
-  every scale down to S/8. In training the sketch is drawn from the
+  every scale down to S/8. With the warp decoder the points also move the
+  pixels: near the lips and jaw the warp's flow is the one that carries
+  the reference's own points onto the drawn ones (:func:`lip_flow`), so
+  the lips open and close with the person's own texture by construction,
+  and the RGB branch paints only what the reference cannot show (the
+  inside of an opening mouth). In training the sketch is drawn from the
   target's own landmarks (teacher forcing, ``forward(..., lips=…)``) and the
   predictor learns from them by L1, so the image decoder learns a
   geometric task (draw this mouth shape with this person's texture) instead
@@ -130,6 +135,44 @@ SKETCH_LEVELS = 4
 SKETCH_SIGMA = 1.2 / 96
 """Radius (standard deviation) of a sketch dot, in face sides: 1.2 px at 96 px."""
 LIP_HIDDEN = 256
+LIP_FLOW_SIGMA = 4.0 / 96
+"""Reach (standard deviation) of each lip point's displacement in :func:`lip_flow`, in face sides: 4 px at 96."""
+LIP_FLOW_FLOOR = 0.05
+"""Total point weight at which :func:`lip_flow`'s coverage is one half: 2.45 reaches (10 px at 96) from a lone point."""
+
+
+def _dots(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """``[N, P, S, S]``: ``exp(−d²/2σ²)`` of each pixel centre's distance d to each of ``points`` ``[N, P, 2]``
+    (face sides; pixel i of an S-pixel map spans [i/S, (i+1)/S])."""
+    centres = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
+    dx = centres.view(1, 1, 1, size) - points[..., 0, None, None]  # [N, P, 1, S]
+    dy = centres.view(1, 1, size, 1) - points[..., 1, None, None]  # [N, P, S, 1]
+    return torch.exp(-(dx * dx + dy * dy) / (2 * sigma ** 2))
+
+
+def lip_flow(source: torch.Tensor, target: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense backward flow that carries ``source`` points onto ``target`` points, and where it holds.
+
+    A Gaussian-weighted (Shepard) interpolation of the point displacements:
+    at pixel p, ``flow(p) = Σ w_i(p)(source_i − target_i) / (Σ w_i(p) + F)``
+    and ``coverage(p) = Σ w_i(p) / (Σ w_i(p) + F)``, with
+    ``w_i(p) = exp(−|p − target_i|²/2σ²)``, σ = :data:`LIP_FLOW_SIGMA` and
+    F = :data:`LIP_FLOW_FLOOR`. Sampling the reference at ``p + flow(p)``
+    puts its pixel at ``source_i`` onto ``target_i``; far from every point
+    the flow fades to zero and the coverage with it. Smooth, differentiable
+    in both point sets and ONNX-exportable.
+
+    Args:
+        source: ``[N, P, 2]`` the points in the image that is sampled (face sides).
+        target: ``[N, P, 2]`` where they go (face sides).
+        size: side S of the flow in pixels.
+
+    Returns ``(flow [N, 2, S, S] in face sides (x, y), coverage [N, 1, S, S] in [0, 1))``.
+    """
+    w = _dots(target, size, LIP_FLOW_SIGMA)  # [N, P, S, S]
+    total = w.sum(dim=1, keepdim=True)
+    flow = torch.einsum("npij,npc->ncij", w, source - target) / (total + LIP_FLOW_FLOOR)
+    return flow, total / (total + LIP_FLOW_FLOOR)
 
 
 def render_lip_sketch(points: torch.Tensor, size: int) -> torch.Tensor:
@@ -143,10 +186,7 @@ def render_lip_sketch(points: torch.Tensor, size: int) -> torch.Tensor:
     Returns ``[N, 3, S, S]`` in [0, 1]: each pixel the largest dot value of its group,
     ``exp(−d²/2σ²)`` with σ = :data:`SKETCH_SIGMA`. Differentiable in ``points``; ONNX-exportable.
     """
-    centres = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
-    dx = centres.view(1, 1, 1, size) - points[..., 0, None, None]  # [N, P, 1, S]
-    dy = centres.view(1, 1, size, 1) - points[..., 1, None, None]  # [N, P, S, 1]
-    dots = torch.exp(-(dx * dx + dy * dy) / (2 * SKETCH_SIGMA ** 2))  # [N, P, S, S]
+    dots = _dots(points, size, SKETCH_SIGMA)  # [N, P, S, S]
     return torch.stack([dots[:, a:b].amax(dim=1) for a, b in SKETCH_GROUPS], dim=1)
 
 
@@ -212,15 +252,14 @@ class Generator(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
         if config.lip_sketch:
-            n_points = len(LIP_SHAPE_POINTS)
-            # The target's resting shape = the identity reference's points + an offset (pose, from the
-            # bottleneck), and the audio-driven displacement; both start at zero.
-            self.lip_offset = nn.Linear(ch[-1], 2 * n_points)
+            if config.size < 2 * len(LIP_SHAPE_POINTS):
+                raise ValueError(f"lip_sketch needs a face size of at least {2 * len(LIP_SHAPE_POINTS)} px "
+                                 "(the reference's lip points ride in one row, engine.inputs)")
+            # The target's points = the resting shape (an input) + the audio-driven displacement (from 0).
             self.lip_delta = nn.Sequential(nn.Linear(audio_ch + ch[-1], LIP_HIDDEN), nn.ReLU(),
-                                           nn.Linear(LIP_HIDDEN, 2 * n_points))
-            for layer in (self.lip_offset, self.lip_delta[-1]):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+                                           nn.Linear(LIP_HIDDEN, 2 * len(LIP_SHAPE_POINTS)))
+            nn.init.zeros_(self.lip_delta[-1].weight)
+            nn.init.zeros_(self.lip_delta[-1].bias)
             self.register_buffer("lip_gain", torch.ones(()))
             upper = torch.ones(1, 1, config.size, config.size)
             upper[..., config.size // 2:, :] = 0
@@ -235,9 +274,9 @@ class Generator(nn.Module):
         from these points instead of the predicted ones (training), and ``return_lips`` also returns the
         predicted points before ``lip_gain`` (``(image, points)``)."""
         pose, identity = faces[:, :3], faces[:, 3:]
-        reference = None
-        if self.config.lip_sketch:  # the identity reference's points ride in the masked half (engine.inputs)
-            reference = faces[:, 0:2, IDENTITY_LIPS_ROW, :len(LIP_SHAPE_POINTS)].transpose(1, 2)
+        resting = own = None
+        if self.config.lip_sketch:
+            resting, own = self.identity_lips(faces)
             pose = pose * self.pose_upper
         id_feats, pose_feats = [], []
         a, b = identity, pose
@@ -248,10 +287,10 @@ class Generator(nn.Module):
         fused = self.fusion(torch.cat([id_feats.pop(), pose_feats.pop()], dim=1))
         audio = self.audio_encoder(mels)
         x = self.decoder[0](torch.cat([audio, fused], dim=1))
-        sketch, predicted = [], None
+        sketch, predicted, drawn = [], None, None
         if self.config.lip_sketch:
-            predicted, base = self._predict_lips(audio, fused, reference)
-            drawn = lips if lips is not None else base + self.lip_gain * (predicted - base)
+            predicted = self._predict_lips(audio, fused, resting)
+            drawn = lips if lips is not None else resting + self.lip_gain * (predicted - resting)
             sketch = [render_lip_sketch(drawn, faces.shape[-1])]
             for _ in range(1, SKETCH_LEVELS):
                 sketch.append(F.avg_pool2d(sketch[-1], 2))
@@ -265,25 +304,34 @@ class Generator(nn.Module):
                 flow = self.flow_head(x)
         out = self.output_block(x)
         if self.config.decoder == "warp":
-            out = self._blend(identity, flow, x, out)
+            out = self._blend(identity, flow, x, out, None if drawn is None else (own, drawn))
         return (out, predicted) if return_lips else out
 
-    def _predict_lips(self, audio: torch.Tensor, fused: torch.Tensor,
-                      reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(points, resting)``, each ``[N, 33, 2]`` in face sides: the predicted lip and jaw landmarks of the
-        frame (resting shape + displacement) and the resting shape alone (the identity reference's points
-        ``reference`` + a pose offset). The predictor reads the bottleneck features without moving them
-        (detached): the image path learns from the image losses only."""
-        fused, audio = fused.detach().flatten(1), audio.detach().flatten(1)
-        base = reference + self.lip_offset(fused).view(reference.shape)
-        delta = self.lip_delta(torch.cat([audio, fused], dim=1)).view(reference.shape)
-        return base + delta, base
+    @staticmethod
+    def identity_lips(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The identity reference's lip points that ride in ``faces`` ``[N, 6, S, S]`` (``engine.inputs``):
+        ``(posed, own)``, each ``[N, 33, 2]`` in face sides; ``posed`` is the resting shape of the sketch."""
+        n = len(LIP_SHAPE_POINTS)
+        row = faces[:, 0:2, IDENTITY_LIPS_ROW, :2 * n].transpose(1, 2)
+        return row[:, :n], row[:, n:]
 
-    def _blend(self, identity, flow, features, rgb):
+    def _predict_lips(self, audio: torch.Tensor, fused: torch.Tensor, resting: torch.Tensor) -> torch.Tensor:
+        """``[N, 33, 2]`` in face sides: the predicted lip and jaw landmarks of the frame, the resting shape
+        ``resting`` (module doc) plus the audio-driven displacement. The predictor reads the bottleneck
+        features without moving them (detached): the image path learns from the image losses only."""
+        fused, audio = fused.detach().flatten(1), audio.detach().flatten(1)
+        return resting + self.lip_delta(torch.cat([audio, fused], dim=1)).view(resting.shape)
+
+    def _blend(self, identity, flow, features, rgb, lip_points=None):
         """``m·warp(identity, flow) + (1 − m)·rgb``; the flow is in units of the face side
-        (grid_sample's [-1, 1] coordinates halved), bilinear, border pixels repeated."""
+        (grid_sample's [-1, 1] coordinates halved), bilinear, border pixels repeated. ``lip_points``
+        ``(own, drawn)``: near them the flow is :func:`lip_flow`'s from the reference's own points to the
+        drawn ones, weighted by its coverage."""
         size = identity.shape[-1]
         flow = F.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
+        if lip_points is not None:
+            prior, coverage = lip_flow(*lip_points, size)
+            flow = coverage * prior + (1 - coverage) * flow
         n = identity.shape[0]
         base = torch.linspace(-1 + 1 / size, 1 - 1 / size, size, device=identity.device, dtype=identity.dtype)
         grid = torch.stack(torch.meshgrid(base, base, indexing="xy"), dim=-1).expand(n, size, size, 2)

@@ -85,6 +85,25 @@ def offer_loopback_candidates() -> None:
     aioice.ice.get_host_addresses = with_loopback
 
 
+MALLOC_ARENAS = 2
+"""glibc heap arenas the service keeps (``mallopt(M_ARENA_MAX)``, :func:`limit_malloc_arenas`)."""
+
+
+def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> None:
+    """Let glibc's malloc use at most ``n`` heap arenas from now on (``mallopt(M_ARENA_MAX, n)``, the
+    ``MALLOC_ARENA_MAX`` setting; skipped where the C library is not glibc).
+
+    Each session starts some thirty threads (decoders, encoders, its inference thread); glibc gives new
+    threads arenas of their own, up to 8 per core, and free pages scattered over many arenas are not all
+    given back by :func:`release_memory`, so the idle RSS of a long-running service creeps up with the
+    sessions it has served. Two arenas hold the same work.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def release_memory() -> None:
     """Free a finished session's memory now: collect its reference cycles (aiortc's objects hold frames in
     them), then give the C heap's free pages back to the OS (glibc ``malloc_trim``; skipped elsewhere).
@@ -417,6 +436,7 @@ def serve(server: Server, host: str, port: int) -> None:
     print(f"dubcam WebRTC service on {url} (Ctrl-C stops)", flush=True)
     if server.token and not is_loopback(host):
         print(f"token: {server.token}  (offers without it are refused)", flush=True)
+    limit_malloc_arenas()
     try:
         web.run_app(app, host=host, port=port, print=None, handle_signals=True, access_log_class=AccessLog)
     except OSError as e:
