@@ -175,11 +175,8 @@ def posed_lip_shape(identity_landmarks: np.ndarray, landmarks: np.ndarray, boxes
     landmarks = np.asarray(landmarks, np.float64)
     ident = np.broadcast_to(np.asarray(identity_landmarks, np.float64), landmarks.shape)
     stable = list(STABLE_POINTS)
-    affines = np.stack([similarity_transforms(ident[i, stable], landmarks[i, stable]) for i in range(len(landmarks))])
-    moved = apply_affines(affines, ident[:, list(LIP_SHAPE_POINTS)])
-    boxes = np.asarray(boxes, np.float64)
-    side = (boxes[:, 2] - boxes[:, 0])[:, None, None]
-    return ((moved - boxes[:, None, :2]) / side).astype(np.float32)
+    affines = similarity_transforms(ident[:, stable], landmarks[:, stable])
+    return lip_shape(apply_affines(affines, ident), boxes)
 
 
 class OneEuroFilter:
@@ -417,7 +414,7 @@ def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
     Args:
         src: ``[T, N, 2]`` (or ``[N, 2]``) point sets, pixels.
-        dst: ``[N, 2]`` target points.
+        dst: ``[N, 2]`` target points, one set for all T, or ``[T, N, 2]``, one set per source set.
 
     Returns:
         ``[T, 2, 3]`` (or ``[2, 3]``) float64 affines: ``dst ≈ A[:, :2] @ src + A[:, 2]``.
@@ -425,10 +422,10 @@ def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     src = np.asarray(src, dtype=np.float64)
     single = src.ndim == 2
     src = src[None] if single else src
-    dst = np.asarray(dst, dtype=np.float64)
-    src_mean, dst_mean = src.mean(axis=1), dst.mean(axis=0)
-    src_c, dst_c = src - src_mean[:, None], dst - dst_mean
-    cov = np.einsum("ni,tnj->tij", dst_c, src_c) / src.shape[1]  # [T, 2, 2]
+    dst = np.broadcast_to(np.asarray(dst, dtype=np.float64), src.shape)
+    src_mean, dst_mean = src.mean(axis=1), dst.mean(axis=1)
+    src_c, dst_c = src - src_mean[:, None], dst - dst_mean[:, None]
+    cov = np.einsum("tni,tnj->tij", dst_c, src_c) / src.shape[1]  # [T, 2, 2]
     u, s, vt = np.linalg.svd(cov)
     d = np.ones((len(src), 2))
     d[np.linalg.det(cov) < 0, 1] = -1

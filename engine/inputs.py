@@ -34,6 +34,8 @@ from engine.face import LIP_SHAPE_POINTS, lip_shape, posed_lip_shape
 IDENTITY_LIPS_ROW = -1
 """Row of the pose reference (its last: inside the masked half) that carries the identity reference's lip points
 (columns 0–32 posed, 33–65 its own; module doc)."""
+IDENTITY_LIPS_COLUMNS = 2 * len(LIP_SHAPE_POINTS)
+"""Columns of :data:`IDENTITY_LIPS_ROW` that the points fill: a lip-sketch generator needs faces at least this wide."""
 
 
 def identity_lip_points(identity_landmarks: np.ndarray, identity_box: np.ndarray, landmarks: np.ndarray,
@@ -51,10 +53,10 @@ def identity_lip_points(identity_landmarks: np.ndarray, identity_box: np.ndarray
     (``engine.face.posed_lip_shape``), ``[:, 1]`` in the reference's own crop (``engine.face.lip_shape``).
     """
     landmarks = np.asarray(landmarks, np.float64)
-    T = len(landmarks)
-    ident = np.broadcast_to(np.asarray(identity_landmarks, np.float64), landmarks.shape)
-    own = lip_shape(ident, np.broadcast_to(np.asarray(identity_box, np.float64), (T, 4)))
-    return np.stack([posed_lip_shape(ident, landmarks, boxes), own], axis=1)
+    ident, ident_box = np.asarray(identity_landmarks, np.float64), np.asarray(identity_box, np.float64)
+    own = lip_shape(ident.reshape(-1, *ident.shape[-2:]), ident_box.reshape(-1, 4))  # once for a held reference
+    posed = posed_lip_shape(ident, landmarks, boxes)
+    return np.stack([posed, np.broadcast_to(own, posed.shape)], axis=1)
 
 
 def pose_reference(faces: np.ndarray) -> np.ndarray:
@@ -84,7 +86,7 @@ def generator_input(faces: np.ndarray, identity: np.ndarray, identity_lips: np.n
     identity = np.broadcast_to(np.asarray(identity, dtype=np.float32), faces.shape)
     pose = pose_reference(faces)
     if identity_lips is not None:
-        n = 2 * len(LIP_SHAPE_POINTS)
+        n = IDENTITY_LIPS_COLUMNS
         if faces.shape[-1] < n:
             raise ValueError(f"the lip points need faces of at least {n} px, got {faces.shape[-1]}")
         lips = np.broadcast_to(np.asarray(identity_lips, np.float32), (len(faces), 2, n // 2, 2))

@@ -78,7 +78,7 @@ from torch import nn
 
 from engine.checkpoints import FORMAT, VERSION, CheckpointError, GeneratorFormat, atomic_save, describe, load_state
 from engine.face import LIP_SHAPE_POINTS
-from engine.inputs import IDENTITY_LIPS_ROW
+from engine.inputs import IDENTITY_LIPS_COLUMNS, IDENTITY_LIPS_ROW
 from engine.models.info import GeneratorInfo
 from engine.models.blocks import ConvBlock, TransposeBlock, audio_encoder
 
@@ -252,8 +252,8 @@ class Generator(nn.Module):
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
         if config.lip_sketch:
-            if config.size < 2 * len(LIP_SHAPE_POINTS):
-                raise ValueError(f"lip_sketch needs a face size of at least {2 * len(LIP_SHAPE_POINTS)} px "
+            if config.size < IDENTITY_LIPS_COLUMNS:
+                raise ValueError(f"lip_sketch needs a face size of at least {IDENTITY_LIPS_COLUMNS} px "
                                  "(the reference's lip points ride in one row, engine.inputs)")
             # The target's points = the resting shape (an input) + the audio-driven displacement (from 0).
             self.lip_delta = nn.Sequential(nn.Linear(audio_ch + ch[-1], LIP_HIDDEN), nn.ReLU(),
@@ -311,9 +311,8 @@ class Generator(nn.Module):
     def identity_lips(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The identity reference's lip points that ride in ``faces`` ``[N, 6, S, S]`` (``engine.inputs``):
         ``(posed, own)``, each ``[N, 33, 2]`` in face sides; ``posed`` is the resting shape of the sketch."""
-        n = len(LIP_SHAPE_POINTS)
-        row = faces[:, 0:2, IDENTITY_LIPS_ROW, :2 * n].transpose(1, 2)
-        return row[:, :n], row[:, n:]
+        row = faces[:, 0:2, IDENTITY_LIPS_ROW, :IDENTITY_LIPS_COLUMNS].transpose(1, 2)
+        return row[:, :len(LIP_SHAPE_POINTS)], row[:, len(LIP_SHAPE_POINTS):]
 
     def _predict_lips(self, audio: torch.Tensor, fused: torch.Tensor, resting: torch.Tensor) -> torch.Tensor:
         """``[N, 33, 2]`` in face sides: the predicted lip and jaw landmarks of the frame, the resting shape
