@@ -21,8 +21,9 @@ Watermark (:func:`mask_blocks`, :func:`embed_watermark`, :func:`read_watermark`)
 
     Reading (:func:`read_watermark`) tracks the face in each frame, reads
     the blocks well inside the same mask (:data:`READ_MASK_LEVEL`), sums
-    each grid block's soft votes over all frames, and tests the number of
-    matching blocks against chance (:class:`WatermarkReport`).
+    the soft votes of each cell of :data:`KEY` over all blocks and frames,
+    and tests the signed ranks of the sums against chance
+    (:class:`WatermarkReport`).
 
 C2PA (:func:`edit_manifest`, :func:`sign_file`, :func:`read_manifest`)
     c2pa-python (the Content Authenticity Initiative's c2pa-rs bindings,
@@ -73,7 +74,14 @@ DETECT_P = 1e-6
 """Verdict "watermarked" when the chance that an unmarked video scores as high is below this (see
 :class:`WatermarkReport`: the bits of :data:`KEY` are independent of the picture)."""
 MIN_BLOCKS = 32
-"""Fewest voted blocks for a verdict (fewer: too little face to tell, reported as not found)."""
+"""Fewest voted key cells for a verdict (fewer: too little face to tell, reported as not found)."""
+RADEMACHER_TAIL = 3.1787
+"""``1 / (4 P(Z ≥ √2))``: a weighted sum S of independent random signs with Σ a² = 1 has
+P(S ≥ x) ≤ this × P(Z ≥ x) for every x (Bentkus & Dzindzalieta 2015, "A tight Gaussian bound for
+weighted sums of Rademacher random variables", Bernoulli 21(2)): :func:`signed_rank_p`'s bound
+beyond :data:`EXACT_CELLS` cells."""
+EXACT_CELLS = 500
+"""Up to this many key cells :func:`signed_rank_p` computes the signed-rank null exactly (0.1 s at 500)."""
 KEY = np.random.default_rng(int.from_bytes(b"dubcam", "big")).integers(0, 2, (64, 64)).astype(np.uint8)
 """The mark: the bit of the block at grid row ``r``, column ``c`` is ``KEY[r % 64, c % 64]``."""
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -203,19 +211,56 @@ def read_blocks(frame: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.n
     return rr * blocks.shape[1] + cc, votes / len(CHANNELS), match / len(CHANNELS)
 
 
+def signed_rank_p(sums: np.ndarray) -> float:
+    """The chance that random signs score as high as ``sums``: the p-value of the verdict.
+
+    Wilcoxon's signed-rank test: ``W = Σ rank(|s_i|)`` over the positive sums (mid-ranks for ties;
+    zero sums are dropped) against its null, where each sign is a fair coin independent of the
+    magnitudes: the null of an unmarked video, since flipping a key cell's bit negates its sum
+    whatever the picture. Up to :data:`EXACT_CELLS` cells the null distribution is computed exactly
+    (a recursion over the ranks, in half-rank units); beyond, ``P ≤ RADEMACHER_TAIL · P(Z ≥ z)`` of the
+    standardised ``2W − Σ rank`` (:data:`RADEMACHER_TAIL`), a bound that is far below
+    :data:`DETECT_P` for any marked face that large. Ranks keep the test robust to the few cells that
+    a re-encode flips consistently: a sign test ignores how sure each cell is, a weighted sum is
+    dragged by the flipped ones.
+
+    Args: sums: ``[n]`` float, one summed vote per key cell. Returns a float in (0, 1].
+    """
+    from scipy.stats import norm, rankdata
+
+    s = np.asarray(sums, np.float64)
+    s = s[s != 0]
+    if s.size == 0:
+        return 1.0
+    ranks = rankdata(np.abs(s))
+    if s.size > EXACT_CELLS:
+        t = float(np.sum(ranks * np.sign(s)))
+        return float(min(1.0, RADEMACHER_TAIL * norm.sf(t / np.sqrt(np.sum(ranks ** 2)))))
+    half = np.rint(2 * ranks).astype(np.int64)  # mid-ranks are multiples of 1/2
+    dist = np.zeros(int(half.sum()) + 1)
+    dist[0], top = 1.0, 0
+    for r in half:  # the distribution of the positive cells' rank sum, one fair sign at a time
+        dist[r: top + r + 1] += dist[: top + 1]
+        dist[: top + r + 1] *= 0.5
+        top += r
+    w = int(half[s > 0].sum())
+    return float(min(1.0, dist[w:].sum()))
+
+
 @dataclass
 class WatermarkReport:
     """What :func:`read_watermark` found.
 
     frames: frames read; faces: frames with a face; reads: block reads;
     bit_accuracy: fraction of block reads that match :data:`KEY` (0.5 when
-    unmarked); blocks: distinct grid blocks voted on; vote_accuracy:
-    fraction of them whose vote (sum over all frames) matches; p_value:
-    the chance that an unmarked video matches at least as many voted
-    blocks (one-sided binomial test at 1/2: flipping a block's key bit
-    flips its vote, so in an unmarked video each vote matches with
-    probability 1/2 whatever the picture); present: the verdict (``p_value < DETECT_P`` with at least
-    :data:`MIN_BLOCKS` blocks).
+    unmarked); blocks: distinct cells of :data:`KEY` voted on (one per grid
+    block unless the face spans more than the key's 64-block tile);
+    vote_accuracy: fraction of them whose vote (summed over all their blocks
+    and frames) matches; p_value: a bound on the chance that an unmarked
+    video scores as high (:func:`signed_rank_p`: flipping a cell's key bit
+    flips its vote, so in an unmarked video each vote's sign is a fair coin
+    whatever the picture); present: the verdict (``p_value < DETECT_P``
+    with at least :data:`MIN_BLOCKS` cells).
     """
 
     frames: int = 0
@@ -240,12 +285,11 @@ def read_watermark(frames, max_frames: int = 300) -> WatermarkReport:
     """Look for the watermark in ``frames``: an iterable of ``(rgb uint8 H×W×3, t seconds)``.
 
     Each frame's face is tracked (MediaPipe, ``engine.face.FaceTracker``), its mask blocks at
-    :data:`READ_MASK_LEVEL` are read (:func:`read_blocks`), and every grid block gets the sum of
-    its (soft) votes over the first ``max_frames`` frames; a block matches when its sum is
-    positive, ties count half.
+    :data:`READ_MASK_LEVEL` are read (:func:`read_blocks`), and every cell of :data:`KEY` gets the
+    sum of the (soft) votes of its blocks over the first ``max_frames`` frames (cells, not blocks:
+    two blocks of one cell carry the same bit, so only cells are independent under the null); a
+    cell matches when its sum is positive, ties count half; the verdict is :func:`signed_rank_p`'s.
     """
-    from scipy.stats import binom
-
     from engine.face import FaceTracker
 
     rep = WatermarkReport()
@@ -260,19 +304,19 @@ def read_watermark(frames, max_frames: int = 300) -> WatermarkReport:
             if face is None:
                 continue
             rep.faces += 1
-            idx, votes, match = read_blocks(frame, mask_blocks(face.landmarks, face.box, frame.shape,
-                                                               READ_MASK_LEVEL))
+            blocks = mask_blocks(face.landmarks, face.box, frame.shape, READ_MASK_LEVEL)
+            idx, votes, match = read_blocks(frame, blocks)
             rep.reads += votes.size
             matched += float(match.sum())
-            for i, v in zip(idx.tolist(), votes.tolist()):
+            rows, cols = np.divmod(idx, blocks.shape[1])
+            for i, v in zip(((rows % 64) * 64 + cols % 64).tolist(), votes.tolist()):
                 sums[i] = sums.get(i, 0.0) + v
     if rep.reads:
         rep.bit_accuracy = matched / rep.reads
     if sums:
         v = np.array(list(sums.values()))
-        k = float((v > 0).sum() + 0.5 * (v == 0).sum())
-        rep.blocks, rep.vote_accuracy = v.size, k / v.size
-        rep.p_value = float(binom.sf(int(np.ceil(k)) - 1, v.size, 0.5))
+        rep.blocks, rep.vote_accuracy = v.size, float((v > 0).sum() + 0.5 * (v == 0).sum()) / v.size
+        rep.p_value = signed_rank_p(v)
     return rep
 
 

@@ -86,6 +86,32 @@ def test_local_signer_is_made_once_and_kept_private(tmp_path):
         P.load_signer(chain, bad)
 
 
+def test_signed_rank_p_is_wilcoxons_exact_test_and_holds_its_level_under_the_null(monkeypatch):
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    for n in (12, 40, 90):
+        sums = rng.normal(0.3, 1.0, n)
+        assert P.signed_rank_p(sums) == pytest.approx(wilcoxon(sums, alternative="greater", method="exact").pvalue,
+                                                       rel=1e-9)
+    assert P.signed_rank_p(np.ones(72)) == pytest.approx(2.0 ** -72)  # every cell right: one outcome in 2^72
+    assert P.signed_rank_p(-np.ones(72)) == 1.0 and P.signed_rank_p(np.zeros(5)) == 1.0
+    # an unmarked video: signs are fair coins whatever the magnitudes (clustered, tied), so p < a happens
+    # a fraction <= a of the time
+    mags = np.round(np.abs(rng.normal(0, 1, 80)) * rng.uniform(0.1, 3, 80), 1) + 0.1
+    ps = np.array([P.signed_rank_p(mags * rng.choice([-1, 1], 80)) for _ in range(1000)])
+    assert 0.03 < (ps < 0.05).mean() <= 0.065 and (ps < 0.01).mean() <= 0.02
+    # a consistently flipped cell costs less than under a sign test: ranks, not counts
+    sums = np.r_[np.full(60, 0.5), np.full(20, -0.05)]
+    from scipy.stats import binom
+    assert P.signed_rank_p(sums) < binom.sf(59, 80, 0.5) / 100
+    # beyond EXACT_CELLS the Gaussian bound takes over and is never below the exact value
+    sums = rng.normal(0.15, 1.0, 200)
+    exact = P.signed_rank_p(sums)
+    monkeypatch.setattr(P, "EXACT_CELLS", 100)
+    assert exact <= P.signed_rank_p(sums) <= 20 * exact
+
+
 def _cli(capsys, *argv):
     from realtime.cli import main
 
