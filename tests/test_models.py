@@ -151,12 +151,58 @@ def test_lip_sketch_dots_sit_where_the_points_are():
     points = torch.full((1, 33, 2), 0.1)  # every point at pixel (9.1, 9.1)
     points[0, 14] = torch.tensor([30.5 / 96, 60.5 / 96])  # an inner-lip point
     maps = render_lip_sketch(points, 96)
-    assert maps.shape == (1, 3, 96, 96)
+    assert maps.shape == (1, 4, 96, 96)
     inner = maps[0, 1]
     assert float(inner[60, 30]) == pytest.approx(1.0, abs=1e-6)
     assert inner.argmax() == 60 * 96 + 30
     assert float(maps[0, 0, 60, 30]) < 1e-6 and float(maps[0, 2, 60, 30]) < 1e-6
     assert float(maps[0, :, 90, 90].max()) < 1e-6
+
+
+def test_mouth_interior_fills_the_opening_of_the_inner_lip_and_nothing_of_a_closed_mouth():
+    """mouth_interior on the mean lip shape: closed (its 2-px gap) it is nearly empty; with the lower inner lip
+    8 px lower it is 1 well inside the opening, 0 outside, whichever way the contour runs."""
+    from conftest import mean_identity_lips
+    from engine.models.generator import mouth_interior
+
+    own = torch.from_numpy(mean_identity_lips()[1])[None]
+    closed = mouth_interior(own, 96)
+    opened = own.clone()
+    opened[0, 17:20, 1] += 8 / 96  # dlib 65-67, the lower inner lip
+    x0 = float(opened[0, 12, 0] * 96)
+    cx, cy = (opened[0, 12:20].mean(0) * 96).long().tolist()
+    inside = mouth_interior(opened, 96)[0, 0]
+    assert float(closed.sum()) < 20 and float(inside.sum()) > 80
+    assert float(inside[cy, cx]) > 0.99 and float(inside[cy - 8, cx]) < 0.01 and float(inside[cy, int(x0) - 3]) < 0.01
+    reversed_contour = opened.clone()
+    reversed_contour[0, 12:20] = opened[0, 12:20].flip(0)
+    torch.testing.assert_close(mouth_interior(reversed_contour, 96)[0, 0], inside, atol=1e-5, rtol=0)
+
+
+def test_warp_keeps_the_references_own_opening_and_leaves_a_new_one_to_the_rgb_branch():
+    """Warp generator whose blend head says "all warp": inside a drawn opening that the reference shows too
+    (the same points), the output is the reference's pixels (its teeth); where the drawn mouth opens over the
+    reference's closed lips, it is the RGB branch's, whatever the blend head says."""
+    from conftest import mean_identity_lips
+    from engine.inputs import generator_input
+    from engine.models.generator import mouth_interior
+
+    gen = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", decoder="warp", lip_sketch=True)).eval()
+    with torch.no_grad():
+        gen.blend_head.bias.fill_(30.0)
+    closed = mean_identity_lips()
+    opened = closed.copy()
+    opened[:, 17:20, 1] += 8 / 96  # the lower inner lip 8 px lower
+    drawn = torch.from_numpy(opened[1])[None]
+    inside = mouth_interior(drawn, 96)[0, 0] > 0.99
+    identity = np.full((1, 3, 96, 96), 0.9, np.float32)  # a bright reference: "teeth" wherever it is sampled
+    mels = torch.zeros(1, 1, 80, 16)
+    with torch.no_grad():
+        shown = gen(torch.from_numpy(generator_input(np.zeros_like(identity), identity, opened)), mels, lips=drawn)
+        new = gen(torch.from_numpy(generator_input(np.zeros_like(identity), identity, closed)), mels, lips=drawn)
+    assert inside.sum() > 25
+    assert float((shown[0, :, inside] - 0.9).abs().max()) < 0.01
+    assert float((new[0, :, inside] - 0.9).abs().min()) > 0.05
 
 
 def test_lip_flow_carries_the_references_points_onto_the_drawn_ones():
@@ -198,8 +244,9 @@ def test_lip_flow_carries_the_references_points_onto_the_drawn_ones():
 
 def test_lip_sketch_generator_starts_as_the_grown_model_and_follows_the_sketch():
     """A lip-sketch generator grown from one without it (train.run._grow_state) gives the same images at
-    first (the identity reference's lip points in the masked half do not reach its pose encoder, and with the
-    drawn points on the reference's own the warp's lip flow is zero); the decoder
+    first outside the drawn mouth's opening (the identity reference's lip points in the masked half do not
+    reach its pose encoder, and with the drawn points on the reference's own the warp's lip flow is zero;
+    inside the opening the blend is the RGB branch's); the decoder
     reads the sketch (the output depends on the points given), the predicted points start at the identity
     reference's, and lip_gain scales only the displacement."""
     from conftest import mean_identity_lips
@@ -216,7 +263,11 @@ def test_lip_sketch_generator_starts_as_the_grown_model_and_follows_the_sketch()
     faces = torch.from_numpy(generator_input(images, images[::-1], reference))
     mels = torch.rand(2, 1, 80, 16) * 8 - 4
     plain = torch.from_numpy(generator_input(images, images[::-1]))
-    torch.testing.assert_close(new(faces, mels), old(plain, mels), atol=1e-6, rtol=0)
+    from engine.models.generator import mouth_interior
+
+    outside = mouth_interior(torch.from_numpy(reference[0])[None], 96)[0, 0] < 1e-6
+    same = (new(faces, mels) - old(plain, mels)).abs().amax(dim=(0, 1))
+    assert float(same[outside].max()) < 1e-6 and outside.float().mean() > 0.95
     out, points = new(faces, mels, return_lips=True)
     torch.testing.assert_close(points, torch.from_numpy(reference[0]).expand(2, 33, 2))  # no displacement yet
     torch.nn.init.normal_(new.output_block[0].conv_block[0].weight, std=0.1)  # let the finest level's sketch through

@@ -208,7 +208,8 @@ def _grow_state(gen: Generator, sd: dict[str, torch.Tensor], path: str) -> dict[
     """Weights for this ``lip_sketch`` generator from a generator's ``sd``, with or without a lip sketch: where
     ``sd`` has no sketch, the decoder layers that read the sketch maps (appended after the skip channels) get
     zero weights for them, so the grown model starts as the same function as the given one (but for the warp
-    decoder's flow near the lips, which the sketch's points then set: ``engine.models.generator.lip_flow``);
+    decoder's flow near the lips, which the sketch's points then set, ``engine.models.generator.lip_flow``, and
+    its blend inside the drawn mouth's opening, the RGB branch's there: ``mouth_interior``);
     the parts of the lip predictor that ``sd`` lacks keep their fresh initialisation.
 
     Raises RuntimeError (as load_state_dict does) for weights that differ otherwise."""

@@ -43,13 +43,15 @@ Two options beside the paper's layout (``GeneratorConfig``):
   reference's masked half, ``engine.inputs``) plus an audio-driven
   displacement (from the audio embedding and the bottleneck); the points
   are drawn as Gaussian dots on three maps (outer lip, inner lip, jaw;
-  :func:`render_lip_sketch`) that join the decoder's skip connections at
-  every scale down to S/8. With the warp decoder the points also move the
+  :func:`render_lip_sketch`), with a fourth that fills the opening inside
+  the inner lip (:func:`mouth_interior`), and join the decoder's skip
+  connections at every scale down to S/8. With the warp decoder the points also move the
   pixels: near the lips and jaw the warp's flow is the one that carries
   the reference's own points onto the drawn ones (:func:`lip_flow`), so
-  the lips open and close with the person's own texture by construction,
-  and the RGB branch paints only what the reference cannot show (the
-  inside of an opening mouth). In training the sketch is drawn from the
+  the lips open and close with the person's own texture by construction;
+  inside the drawn opening, where the warp does not bring the reference's
+  own opening (its teeth, when it shows them), the RGB branch alone paints
+  what the reference cannot show (the dark of the mouth, teeth, tongue). In training the sketch is drawn from the
   target's own landmarks (teacher forcing, ``forward(..., lips=…)``) and the
   predictor learns from them by L1, so the image decoder learns a
   geometric task (draw this mouth shape with this person's texture) instead
@@ -130,6 +132,10 @@ DECODERS = ("plain", "warp")
 FLOW_LEVEL = 2  # the warp's flow is predicted at scales[FLOW_LEVEL] (S/4) and upsampled: a smooth field
 SKETCH_GROUPS = ((0, 12), (12, 20), (20, 33))
 """Point ranges of ``engine.face.LIP_SHAPE_POINTS`` drawn on each sketch map: outer lip, inner lip, jaw."""
+SKETCH_MAPS = len(SKETCH_GROUPS) + 1
+"""Maps of the sketch: one per point group, then the mouth interior (:func:`mouth_interior`)."""
+INTERIOR_EDGE = 0.5 / 96
+"""Softness of :func:`mouth_interior`'s edges (the logistic's scale), in face sides: 0.5 px at 96."""
 SKETCH_LEVELS = 4
 """The sketch joins the decoder at the finest levels S, S/2, S/4, S/8 (coarser levels hold no shape)."""
 SKETCH_SIGMA = 1.2 / 96
@@ -175,19 +181,49 @@ def lip_flow(source: torch.Tensor, target: torch.Tensor, size: int) -> tuple[tor
     return flow, total / (total + LIP_FLOW_FLOOR)
 
 
+def mouth_interior(points: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N, 1, S, S]`` in [0, 1]: the inside of the inner-lip contour, the opening of the mouth.
+
+    The contour is the inner-lip group of :data:`SKETCH_GROUPS` (dlib 60–67, in order round the
+    mouth) taken as a convex polygon: each pixel centre's signed distance to every edge's line
+    (positive on the inner side, whichever way the contour turns) through a logistic of scale
+    :data:`INTERIOR_EDGE`, multiplied over the edges. Near 0 for a closed mouth, whose contour has
+    no inside (0 where its area is exactly 0); 1 inside an open one. Differentiable in ``points``;
+    ONNX-exportable.
+
+    Args:
+        points: ``[N, 33, 2]`` float, face sides (as :func:`render_lip_sketch`).
+        size: side S of the map in pixels.
+    """
+    a, b = SKETCH_GROUPS[1]
+    p = points[:, a:b]  # [N, 8, 2]
+    e = torch.roll(p, -1, dims=1) - p
+    turn = torch.sign((p[..., 0] * torch.roll(p[..., 1], -1, dims=1)
+                       - torch.roll(p[..., 0], -1, dims=1) * p[..., 1]).sum(dim=1))  # sign of the area
+    centres = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
+    dx = centres.view(1, 1, 1, size) - p[..., 0, None, None]  # [N, 8, 1, S]
+    dy = centres.view(1, 1, size, 1) - p[..., 1, None, None]  # [N, 8, S, 1]
+    cross = e[..., 0, None, None] * dy - e[..., 1, None, None] * dx  # [N, 8, S, S]
+    dist = turn.view(-1, 1, 1, 1) * cross / (e.norm(dim=-1)[..., None, None] + 1e-6)
+    return F.logsigmoid(dist / INTERIOR_EDGE).sum(dim=1, keepdim=True).exp() * turn.abs().view(-1, 1, 1, 1)
+
+
 def render_lip_sketch(points: torch.Tensor, size: int) -> torch.Tensor:
-    """Draw lip and jaw points as Gaussian dots, one map per group of :data:`SKETCH_GROUPS`.
+    """Draw lip and jaw points as Gaussian dots, one map per group of :data:`SKETCH_GROUPS`, and the
+    mouth's opening (:func:`mouth_interior`) as a last map.
 
     Args:
         points: ``[N, 33, 2]`` float (x, y) in face sides (``engine.face.lip_shape``: pixel i of the
             S-pixel crop spans [i/S, (i+1)/S]).
         size: side S of the maps in pixels.
 
-    Returns ``[N, 3, S, S]`` in [0, 1]: each pixel the largest dot value of its group,
-    ``exp(−d²/2σ²)`` with σ = :data:`SKETCH_SIGMA`. Differentiable in ``points``; ONNX-exportable.
+    Returns ``[N, 4, S, S]`` in [0, 1] (:data:`SKETCH_MAPS`): on the first three each pixel is the
+    largest dot value of its group, ``exp(−d²/2σ²)`` with σ = :data:`SKETCH_SIGMA`. Differentiable in
+    ``points``; ONNX-exportable.
     """
     dots = _dots(points, size, SKETCH_SIGMA)  # [N, P, S, S]
-    return torch.stack([dots[:, a:b].amax(dim=1) for a, b in SKETCH_GROUPS], dim=1)
+    return torch.cat([torch.stack([dots[:, a:b].amax(dim=1) for a, b in SKETCH_GROUPS], dim=1),
+                      mouth_interior(points, size)], dim=1)
 
 
 def _encoder(cin: int, cfg: GeneratorConfig) -> nn.ModuleList:
@@ -237,7 +273,7 @@ class Generator(nn.Module):
             up = (TransposeBlock(prev, cout, s, 1, 0) if j == 0
                   else TransposeBlock(prev, cout, 3, 2, 1, 1))
             dec.append(nn.Sequential(up, *[ConvBlock(cout, cout, 3, 1, 1, residual=True) for _ in range(2)]))
-            prev = cout + 2 * ch[level] + (len(SKETCH_GROUPS) if self._sketched(level) else 0)
+            prev = cout + 2 * ch[level] + (SKETCH_MAPS if self._sketched(level) else 0)
             if level == FLOW_LEVEL:
                 flow_in = prev
         self.decoder = nn.ModuleList(dec)
@@ -304,7 +340,7 @@ class Generator(nn.Module):
                 flow = self.flow_head(x)
         out = self.output_block(x)
         if self.config.decoder == "warp":
-            out = self._blend(identity, flow, x, out, None if drawn is None else (own, drawn))
+            out = self._blend(identity, flow, x, out, None if drawn is None else (own, drawn, sketch[0][:, -1:]))
         return (out, predicted) if return_lips else out
 
     @staticmethod
@@ -324,20 +360,29 @@ class Generator(nn.Module):
     def _blend(self, identity, flow, features, rgb, lip_points=None):
         """``m·warp(identity, flow) + (1 − m)·rgb``; the flow is in units of the face side
         (grid_sample's [-1, 1] coordinates halved), bilinear, border pixels repeated. ``lip_points``
-        ``(own, drawn)``: near them the flow is :func:`lip_flow`'s from the reference's own points to the
-        drawn ones, weighted by its coverage."""
+        ``(own, drawn, interior)``: near the points the flow is :func:`lip_flow`'s from the reference's
+        own points to the drawn ones, weighted by its coverage; and inside the drawn mouth's opening
+        (``interior`` ``[N, 1, S, S]``, :func:`mouth_interior`), where the warp does not sample the
+        reference's own opening (its :func:`mouth_interior`, warped along), the blend is the RGB
+        branch's alone: there a warp could only stretch the reference's lips over an opening that the
+        reference does not show, while teeth that it does show are carried in."""
         size = identity.shape[-1]
         flow = F.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
+        source, interior = identity, None
         if lip_points is not None:
-            prior, coverage = lip_flow(*lip_points, size)
+            own, drawn, interior = lip_points
+            prior, coverage = lip_flow(own, drawn, size)
             flow = coverage * prior + (1 - coverage) * flow
+            source = torch.cat([identity, mouth_interior(own, size)], dim=1)
         n = identity.shape[0]
         base = torch.linspace(-1 + 1 / size, 1 - 1 / size, size, device=identity.device, dtype=identity.dtype)
         grid = torch.stack(torch.meshgrid(base, base, indexing="xy"), dim=-1).expand(n, size, size, 2)
-        warped = F.grid_sample(identity, grid + 2 * flow.permute(0, 2, 3, 1), mode="bilinear",
+        warped = F.grid_sample(source, grid + 2 * flow.permute(0, 2, 3, 1), mode="bilinear",
                                padding_mode="border", align_corners=False)
         m = torch.sigmoid(self.blend_head(features))
-        return m * warped + (1 - m) * rgb
+        if interior is not None:
+            m = m * (1 - interior * (1 - warped[:, 3:]))
+        return m * warped[:, :3] + (1 - m) * rgb
 
     def load_audio_encoder(self, expert: nn.Module, freeze: bool = True) -> None:
         """Copy a lip-sync expert's audio encoder (``SyncNetColor.audio_encoder``) into this
