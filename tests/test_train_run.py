@@ -141,7 +141,7 @@ def test_killed_run_resumes_to_the_same_weights(grid_train_data, tmp_path):
 
 def test_default_cpu_config_is_the_bundled_recipe_and_resumes_old_checkpoints(grid_train_data, tmp_path,
                                                                             small_expert_checkpoint):
-    """configs/default_cpu.yaml (the bundled model): the expert's frozen audio encoder and sync loss, the warp
+    """configs/default_cpu.yaml (the bundled model's first stage): the expert's frozen audio encoder and sync loss, the warp
     decoder, lower-half GAN, gradient loss, augmentation; --resume reads a last.pt written before the
     scaler/RNG/monitor keys existed."""
     cfg = load_config(str(ROOT / "configs" / "default_cpu.yaml"),
