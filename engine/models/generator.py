@@ -147,12 +147,17 @@ LIP_FLOW_FLOOR = 0.05
 """Total point weight at which :func:`lip_flow`'s coverage is one half: 2.45 reaches (10 px at 96) from a lone point."""
 
 
-def _dots(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """``[N, P, S, S]``: ``exp(−d²/2σ²)`` of each pixel centre's distance d to each of ``points`` ``[N, P, 2]``
+def _offsets(points: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx [N, P, 1, S], dy [N, P, S, 1])``: each pixel centre minus each of ``points`` ``[N, P, 2]``
     (face sides; pixel i of an S-pixel map spans [i/S, (i+1)/S])."""
     centres = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
-    dx = centres.view(1, 1, 1, size) - points[..., 0, None, None]  # [N, P, 1, S]
-    dy = centres.view(1, 1, size, 1) - points[..., 1, None, None]  # [N, P, S, 1]
+    return (centres.view(1, 1, 1, size) - points[..., 0, None, None],
+            centres.view(1, 1, size, 1) - points[..., 1, None, None])
+
+
+def _dots(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """``[N, P, S, S]``: ``exp(−d²/2σ²)`` of each pixel centre's distance d to each of ``points`` ``[N, P, 2]``."""
+    dx, dy = _offsets(points, size)
     return torch.exp(-(dx * dx + dy * dy) / (2 * sigma ** 2))
 
 
@@ -200,9 +205,7 @@ def mouth_interior(points: torch.Tensor, size: int) -> torch.Tensor:
     e = torch.roll(p, -1, dims=1) - p
     turn = torch.sign((p[..., 0] * torch.roll(p[..., 1], -1, dims=1)
                        - torch.roll(p[..., 0], -1, dims=1) * p[..., 1]).sum(dim=1))  # sign of the area
-    centres = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
-    dx = centres.view(1, 1, 1, size) - p[..., 0, None, None]  # [N, 8, 1, S]
-    dy = centres.view(1, 1, size, 1) - p[..., 1, None, None]  # [N, 8, S, 1]
+    dx, dy = _offsets(p, size)
     cross = e[..., 0, None, None] * dy - e[..., 1, None, None] * dx  # [N, 8, S, S]
     dist = turn.view(-1, 1, 1, 1) * cross / (e.norm(dim=-1)[..., None, None] + 1e-6)
     return F.logsigmoid(dist / INTERIOR_EDGE).sum(dim=1, keepdim=True).exp() * turn.abs().view(-1, 1, 1, 1)
