@@ -27,15 +27,17 @@ def test_torch_and_onnxruntime_agree_on_our_generator(small_generator):
         assert np.abs(ort.run(f, m) - backends.load(small_generator, "torch").run(f, m)).max() < 1e-4
 
 
-def test_torch_and_onnxruntime_agree_on_a_lip_sketch_generator():
-    """The lip predictor, the drawn sketch and lip_gain are in the exported graph (the training-only keywords
-    of forward are not): ONNX Runtime gives PyTorch's frames."""
+@pytest.mark.parametrize("predictor", ["bottleneck", "resting"])
+def test_torch_and_onnxruntime_agree_on_a_lip_sketch_generator(predictor):
+    """The lip predictor (either kind; the resting one's dropout off), the drawn sketch and lip_gain are in the
+    exported graph (the training-only keywords of forward are not): ONNX Runtime gives PyTorch's frames."""
     import torch
 
     from engine.models.generator import Generator, GeneratorConfig
 
     torch.manual_seed(0)
-    g = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", decoder="warp", lip_sketch=True))
+    g = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", decoder="warp", lip_sketch=True,
+                                  lip_predictor=predictor))
     for p in g.parameters():  # random weights everywhere, the sketch's readers and the lip predictor too
         torch.nn.init.normal_(p, std=0.05)
     g.lip_gain.fill_(2.5)

@@ -284,3 +284,31 @@ def test_lip_sketch_generator_starts_as_the_grown_model_and_follows_the_sketch()
     with pytest.raises(RuntimeError, match="cannot grow"):
         _grow_state(new, Generator(GeneratorConfig(size=96, width=0.25, audio="expert", decoder="warp"))
                     .state_dict(), "test")
+
+
+def test_resting_lip_predictor_reads_the_resting_shape_and_starts_at_it():
+    """lip_predictor="resting": a fresh predictor (last layer zero) returns the resting shape itself; with
+    weights, two references whose posed points differ only in how open the mouth is give different
+    predictions for the same audio and faces; the bottleneck predictor's checkpoints keep their layout."""
+    from conftest import mean_identity_lips
+    from engine.inputs import generator_input
+
+    cfg = dict(size=96, width=0.125, audio="expert", decoder="warp", lip_sketch=True)
+    assert GeneratorConfig(**cfg).lip_predictor == "bottleneck"
+    with pytest.raises(ValueError, match="lip_predictor must be one of bottleneck, resting"):
+        GeneratorConfig(**cfg, lip_predictor="lstm")
+    gen = Generator(GeneratorConfig(**cfg, lip_predictor="resting")).eval()
+    closed = mean_identity_lips()
+    opened = closed.copy()
+    opened[:, 17:20, 1] += 6 / 96
+    rng = np.random.default_rng(0)
+    face = rng.random((1, 3, 96, 96), dtype=np.float32)
+    mels = torch.from_numpy(rng.uniform(-4, 0, (1, 1, 80, 16)).astype(np.float32))
+    inputs = [torch.from_numpy(generator_input(face, face, lips)) for lips in (closed, opened)]
+    with torch.no_grad():
+        _, fresh = gen(inputs[0], mels, return_lips=True)
+        assert torch.allclose(fresh, torch.from_numpy(closed[0])[None], atol=1e-6)
+        torch.nn.init.normal_(gen.lip_delta[-1].weight, std=0.05)
+        a = gen(inputs[0], mels, return_lips=True)[1] - torch.from_numpy(closed[0])[None]
+        b = gen(inputs[1], mels, return_lips=True)[1] - torch.from_numpy(opened[0])[None]
+    assert float((a - b).abs().max()) > 1e-4  # the displacement depends on the resting shape

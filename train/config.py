@@ -29,7 +29,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from engine.models.generator import AUDIO_LAYOUTS, DECODERS, GeneratorConfig
+from engine.models.generator import AUDIO_LAYOUTS, DECODERS, LIP_PREDICTORS, GeneratorConfig
 from train.losses import SYNC_KINDS
 
 __all__ = ["ConfigError", "DEFAULTS", "TrainConfig", "load_config", "validate"]
@@ -57,6 +57,9 @@ class ModelConfig:
     decoder: Literal[DECODERS] = _f("plain", "plain (the paper's) | warp")
     lip_sketch: bool = _f(False, "predict the lip and jaw landmarks from the audio and draw the mouth to that "
                                  "sketch (GeneratorConfig.lip_sketch; false: the paper's layout)")
+    lip_predictor: Literal[LIP_PREDICTORS] = _f("bottleneck", "what the lip sketch's predictor reads besides the "
+                                                "audio: bottleneck (the face features) | resting (the resting "
+                                                "lip shape; python -m train.lips fits it)")
 
 
 @dataclass

@@ -210,10 +210,14 @@ def _grow_state(gen: Generator, sd: dict[str, torch.Tensor], path: str) -> dict[
     zero weights for them, so the grown model starts as the same function as the given one (but for the warp
     decoder's flow near the lips, which the sketch's points then set, ``engine.models.generator.lip_flow``, and
     its blend inside the drawn mouth's opening, the RGB branch's there: ``mouth_interior``);
-    the parts of the lip predictor that ``sd`` lacks keep their fresh initialisation.
+    the parts of the lip predictor that ``sd`` lacks keep their fresh initialisation, and so does the whole
+    predictor when ``sd``'s is of another kind (``GeneratorConfig.lip_predictor``).
 
     Raises RuntimeError (as load_state_dict does) for weights that differ otherwise."""
     own = gen.state_dict()
+    head = [k for k in sd if k.startswith("lip_delta.")]
+    if any(k not in own or own[k].shape != sd[k].shape for k in head):  # another lip predictor (lip_predictor)
+        sd = {k: v for k, v in sd.items() if k not in head}
     grown, fresh = [], []
     out = {}
     for key, mine in own.items():

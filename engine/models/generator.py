@@ -41,7 +41,10 @@ Two options beside the paper's layout (``GeneratorConfig``):
   identity reference's own tracked points moved into the frame's head pose,
   ``engine.face.posed_lip_shape``, an input that rides in the pose
   reference's masked half, ``engine.inputs``) plus an audio-driven
-  displacement (from the audio embedding and the bottleneck); the points
+  displacement (from the audio embedding and either the bottleneck or,
+  with ``lip_predictor="resting"``, the resting shape's own points, which
+  say how open the reference's mouth already is; ``python -m train.lips``
+  fits that predictor alone, in minutes); the points
   are drawn as Gaussian dots on three maps (outer lip, inner lip, jaw;
   :func:`render_lip_sketch`), with a fourth that fills the opening inside
   the inner lip (:func:`mouth_interior`), and join the decoder's skip
@@ -99,6 +102,9 @@ class GeneratorConfig:
         expert's, module doc).
     decoder: ``"plain"`` (the paper's) or ``"warp"`` (module doc).
     lip_sketch: draw the mouth to predicted lip and jaw landmarks (module doc).
+    lip_predictor: what the lip predictor of a ``lip_sketch`` generator reads: ``"bottleneck"`` (the
+        audio embedding and the fused face bottleneck; the default of checkpoints written before this
+        option) or ``"resting"`` (the audio embedding and the resting shape's own points, module doc).
     """
 
     size: int = 96
@@ -106,12 +112,16 @@ class GeneratorConfig:
     audio: str = "wav2lip"
     decoder: str = "plain"
     lip_sketch: bool = False
+    lip_predictor: str = "bottleneck"
 
     def __post_init__(self):
         if self.audio not in AUDIO_LAYOUTS:
             raise ValueError(f"model.audio must be one of {', '.join(AUDIO_LAYOUTS)}, got {self.audio!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"model.decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.lip_predictor not in LIP_PREDICTORS:
+            raise ValueError(f"model.lip_predictor must be one of {', '.join(LIP_PREDICTORS)}, "
+                             f"got {self.lip_predictor!r}")
 
     def scales(self) -> list[int]:
         """Spatial sizes of the encoder levels, e.g. 96 → [96, 48, 24, 12, 6, 3]."""
@@ -141,6 +151,12 @@ SKETCH_LEVELS = 4
 SKETCH_SIGMA = 1.2 / 96
 """Radius (standard deviation) of a sketch dot, in face sides: 1.2 px at 96 px."""
 LIP_HIDDEN = 256
+LIP_PREDICTORS = ("bottleneck", "resting")
+LIP_DROPOUT = 0.2
+"""Dropout of the ``"resting"`` lip predictor's hidden layers (in training only)."""
+RESTING_SCALE = 10.0
+"""The ``"resting"`` lip predictor reads the resting shape centred on its mean and times this (face sides → about
+unit range) and its output is the displacement times this."""
 LIP_FLOW_SIGMA = 4.0 / 96
 """Reach (standard deviation) of each lip point's displacement in :func:`lip_flow`, in face sides: 4 px at 96."""
 LIP_FLOW_FLOOR = 0.05
@@ -295,8 +311,14 @@ class Generator(nn.Module):
                 raise ValueError(f"lip_sketch needs a face size of at least {IDENTITY_LIPS_COLUMNS} px "
                                  "(the reference's lip points ride in one row, engine.inputs)")
             # The target's points = the resting shape (an input) + the audio-driven displacement (from 0).
-            self.lip_delta = nn.Sequential(nn.Linear(audio_ch + ch[-1], LIP_HIDDEN), nn.ReLU(),
-                                           nn.Linear(LIP_HIDDEN, 2 * len(LIP_SHAPE_POINTS)))
+            points = 2 * len(LIP_SHAPE_POINTS)
+            if config.lip_predictor == "resting":
+                self.lip_delta = nn.Sequential(nn.Linear(audio_ch + points, LIP_HIDDEN), nn.ReLU(),
+                                               nn.Dropout(LIP_DROPOUT), nn.Linear(LIP_HIDDEN, LIP_HIDDEN), nn.ReLU(),
+                                               nn.Dropout(LIP_DROPOUT), nn.Linear(LIP_HIDDEN, points))
+            else:
+                self.lip_delta = nn.Sequential(nn.Linear(audio_ch + ch[-1], LIP_HIDDEN), nn.ReLU(),
+                                               nn.Linear(LIP_HIDDEN, points))
             nn.init.zeros_(self.lip_delta[-1].weight)
             nn.init.zeros_(self.lip_delta[-1].bias)
             self.register_buffer("lip_gain", torch.ones(()))
@@ -355,9 +377,15 @@ class Generator(nn.Module):
 
     def _predict_lips(self, audio: torch.Tensor, fused: torch.Tensor, resting: torch.Tensor) -> torch.Tensor:
         """``[N, 33, 2]`` in face sides: the predicted lip and jaw landmarks of the frame, the resting shape
-        ``resting`` (module doc) plus the audio-driven displacement. The predictor reads the bottleneck
-        features without moving them (detached): the image path learns from the image losses only."""
-        fused, audio = fused.detach().flatten(1), audio.detach().flatten(1)
+        ``resting`` (module doc) plus the audio-driven displacement. The predictor reads the audio embedding
+        and, by ``config.lip_predictor``, the fused bottleneck features or the resting shape itself (centred,
+        times :data:`RESTING_SCALE`: how open the reference's mouth is, which the displacement must undo),
+        without moving them (detached): the image path learns from the image losses only."""
+        audio = audio.detach().flatten(1)
+        if self.config.lip_predictor == "resting":
+            shape = (resting - resting.mean(dim=1, keepdim=True)).flatten(1) * RESTING_SCALE
+            return resting + self.lip_delta(torch.cat([audio, shape], dim=1)).view(resting.shape) / RESTING_SCALE
+        fused = fused.detach().flatten(1)
         return resting + self.lip_delta(torch.cat([audio, fused], dim=1)).view(resting.shape)
 
     def _blend(self, identity, flow, features, rgb, lip_points=None):
