@@ -203,7 +203,8 @@ def test_configs_are_the_paper_recipe_and_its_ablation():
     paper = load_config(str(ROOT / "configs" / "paper_lrs2.yaml"), [])
     assert paper["loss"]["l1"] == 10.0 and paper["loss"]["perceptual"] == 1.0 and paper["loss"]["sync"] == 0.5
     assert paper["lr"] == 1e-4 and paper["sync"]["kind"] == "avhubert"
-    assert paper["model"] == {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain", "lip_sketch": False}
+    assert paper["model"] == {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain", "lip_sketch": False,
+                              "lip_predictor": "bottleneck"}
     assert paper["audio_encoder"] == "expert"  # §3.2: SyncNet's audio encoder, frozen
     kinds = {}
     for path in sorted((ROOT / "configs").glob("paper_lrs2_*.yaml")):
@@ -287,3 +288,19 @@ def test_lip_gain_undoes_a_shrunk_displacement(grid_train_data):
     assert calibrate_lip_gain(gen, windows, torch.device("cpu"), limits=unbounded) == pytest.approx(2 * first,
                                                                                                    rel=1e-3)
     assert calibrate_lip_gain(gen, windows, torch.device("cpu"), limits=(1.0, 1.5)) in (1.0, 1.5)
+
+
+def test_init_from_another_lip_predictor_starts_that_predictor_fresh():
+    """_grow_state: weights of a generator whose lip predictor is of another kind (model.lip_predictor) load
+    into every other layer; the predictor starts as a fresh one (its last layer zero: the resting shape)."""
+    from train.run import _grow_state
+
+    torch.manual_seed(0)
+    cfg = dict(size=96, width=0.125, audio="expert", decoder="warp", lip_sketch=True)
+    old = Generator(GeneratorConfig(**cfg))
+    for p in old.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    new = Generator(GeneratorConfig(**cfg, lip_predictor="resting"))
+    new.load_state_dict(_grow_state(new, old.state_dict(), "old.pt"))
+    assert float(new.lip_delta[-1].weight.abs().max()) == 0.0
+    assert torch.equal(new.fusion.weight, old.fusion.weight) and torch.equal(new.blend_head.bias, old.blend_head.bias)
