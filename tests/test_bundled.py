@@ -60,6 +60,9 @@ def test_bundled_model_card_and_kind():
     assert g.info.kind == "dubcam" and g.info.size == 96
     assert "val" in g.meta and g.meta["steps"] > 0
     assert (ASSETS / "generator.md").is_file()
+    # its lip predictor (python -m train.lips) was closer to the held-out speakers' lips than their resting shape
+    lips = g.meta["lips"]["val"]
+    assert g.config.lip_predictor == "resting" and lips["error_px"] < lips["resting_error_px"] and lips["gap_r"] > 0.3
 
 
 def test_mouth_follows_the_speech_on_an_unseen_speaker():

@@ -20,7 +20,7 @@ on a CPU, and swapped into any generator that shares the audio encoder:
 2. the predictor (a fresh ``"resting"`` one) learns the displacement from
    the resting shape by L1 in pixels, AdamW with a one-cycle schedule;
 3. the validation split (held-out speakers) is scored every quarter of the
-   steps: the mean point error in pixels of the face crop (beside that of
+   steps, over all its references: the mean point error in pixels of the face crop (beside that of
    the resting shape, which predicts no motion), the Pearson r over frames
    of the predicted and the real inner-lip gap per clip, and the ratio of
    their spreads; the weights with the lowest error are kept;
@@ -99,29 +99,34 @@ def _predict(gen: Generator, audio: np.ndarray, resting: np.ndarray) -> torch.Te
 @torch.no_grad()
 def lip_scores(gen: Generator, samples: dict[str, np.ndarray]) -> dict[str, float]:
     """Scores of ``gen``'s lip predictor (before ``lip_gain``) on ``samples`` (:func:`lip_samples`; the
-    un-mirrored points, no gain, the first reference): ``error_px`` and ``resting_error_px``, the mean
-    Euclidean point error in pixels of the face crop of the prediction and of the resting shape;
-    ``gap_r``, the mean over clips of the Pearson r over frames of the predicted and real inner-lip gap
-    (``train.run.INNER_GAP``; NaN-free clips only); ``gap_ratio``, the mean over clips of the ratio of
-    their standard deviations."""
+    un-mirrored points, no gain), averaged over the R references of each frame (which reference is held moves
+    the resting shape, and with it the error, a lot): ``error_px`` and ``resting_error_px``, the mean
+    Euclidean point error in pixels of the face crop of the prediction and of the resting shape; ``gap_r``,
+    the mean over clips and references of the Pearson r over frames of the predicted and real inner-lip gap
+    (``train.run.INNER_GAP``; clips whose gap does not vary are left out); ``gap_ratio``, the mean of the
+    ratio of their standard deviations."""
     was_training = gen.training
     gen.eval()
     size = gen.config.size
-    resting, real = samples["resting"][0, :, 0], samples["lips"][0]
-    pred = torch.cat([_predict(gen, samples["audio"][1, i: i + 4096], resting[i: i + 4096])
-                      for i in range(0, len(real), 4096)]).numpy()
-    gen.train(was_training)
-    err = float(np.linalg.norm(pred - real, axis=-1).mean() * size)
-    rest = float(np.linalg.norm(resting - real, axis=-1).mean() * size)
+    real = samples["lips"][0]
     gap = lambda p: p[:, INNER_GAP[1], 1] - p[:, INNER_GAP[0], 1]  # noqa: E731
-    gp, gr = gap(pred), gap(real)
-    rs, ratios = [], []
-    for c in np.unique(samples["clip"]):
-        k = samples["clip"] == c
-        if gr[k].std() > 0 and gp[k].std() > 0:
-            rs.append(np.corrcoef(gp[k], gr[k])[0, 1])
-            ratios.append(gp[k].std() / gr[k].std())
-    return {"error_px": err, "resting_error_px": rest, "gap_r": float(np.mean(rs)) if rs else float("nan"),
+    gr = gap(real)
+    err, rest, rs, ratios = [], [], [], []
+    for r in range(samples["resting"].shape[2]):
+        resting = np.ascontiguousarray(samples["resting"][0, :, r])
+        pred = torch.cat([_predict(gen, samples["audio"][1, i: i + 4096], resting[i: i + 4096])
+                          for i in range(0, len(real), 4096)]).numpy()
+        err.append(np.linalg.norm(pred - real, axis=-1).mean() * size)
+        rest.append(np.linalg.norm(resting - real, axis=-1).mean() * size)
+        gp = gap(pred)
+        for c in np.unique(samples["clip"]):
+            k = samples["clip"] == c
+            if gr[k].std() > 0 and gp[k].std() > 0:
+                rs.append(np.corrcoef(gp[k], gr[k])[0, 1])
+                ratios.append(gp[k].std() / gr[k].std())
+    gen.train(was_training)
+    return {"error_px": float(np.mean(err)), "resting_error_px": float(np.mean(rest)),
+            "gap_r": float(np.mean(rs)) if rs else float("nan"),
             "gap_ratio": float(np.mean(ratios)) if ratios else float("nan")}
 
 
