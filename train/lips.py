@@ -93,7 +93,7 @@ def lip_samples(gen: Generator, clips, references: int, rng: np.random.Generator
 
 def _predict(gen: Generator, audio: np.ndarray, resting: np.ndarray) -> torch.Tensor:
     resting = torch.from_numpy(resting)
-    return gen._predict_lips(torch.from_numpy(audio)[:, :, None, None], None, resting)
+    return gen.predict_lips(torch.from_numpy(audio)[:, :, None, None], None, resting)
 
 
 @torch.no_grad()
@@ -144,7 +144,7 @@ def fit_lips(gen: Generator, data: str | Path, steps: int = 4000, batch_size: in
     """
     from tqdm import tqdm
 
-    if not getattr(getattr(gen, "config", None), "lip_sketch", False):
+    if not gen.config.lip_sketch:
         raise ValueError("the generator has no lip sketch (GeneratorConfig.lip_sketch): there is no lip "
                          "predictor to fit")
     torch.manual_seed(seed)
@@ -153,8 +153,6 @@ def fit_lips(gen: Generator, data: str | Path, steps: int = 4000, batch_size: in
     own = {k: v for k, v in gen.state_dict().items() if not k.startswith("lip_delta.")}
     missing, unexpected = new.load_state_dict(own, strict=False)
     assert not unexpected and all(k.startswith("lip_delta.") for k in missing), (missing, unexpected)
-    new.audio_encoder.requires_grad_(False)
-    new.audio_frozen = True
     train_clips, val_clips = load_clips(data, "train"), load_clips(data, "val")
     t0 = time.perf_counter()
     train = lip_samples(new, train_clips, references, rng, progress=progress)

@@ -350,7 +350,7 @@ class Generator(nn.Module):
         x = self.decoder[0](torch.cat([audio, fused], dim=1))
         sketch, predicted, drawn = [], None, None
         if self.config.lip_sketch:
-            predicted = self._predict_lips(audio, fused, resting)
+            predicted = self.predict_lips(audio, fused, resting)
             drawn = lips if lips is not None else resting + self.lip_gain * (predicted - resting)
             sketch = [render_lip_sketch(drawn, faces.shape[-1])]
             for _ in range(1, SKETCH_LEVELS):
@@ -375,12 +375,14 @@ class Generator(nn.Module):
         row = faces[:, 0:2, IDENTITY_LIPS_ROW, :IDENTITY_LIPS_COLUMNS].transpose(1, 2)
         return row[:, :len(LIP_SHAPE_POINTS)], row[:, len(LIP_SHAPE_POINTS):]
 
-    def _predict_lips(self, audio: torch.Tensor, fused: torch.Tensor, resting: torch.Tensor) -> torch.Tensor:
+    def predict_lips(self, audio: torch.Tensor, fused: torch.Tensor | None, resting: torch.Tensor) -> torch.Tensor:
         """``[N, 33, 2]`` in face sides: the predicted lip and jaw landmarks of the frame, the resting shape
         ``resting`` (module doc) plus the audio-driven displacement. The predictor reads the audio embedding
         and, by ``config.lip_predictor``, the fused bottleneck features or the resting shape itself (centred,
         times :data:`RESTING_SCALE`: how open the reference's mouth is, which the displacement must undo),
-        without moving them (detached): the image path learns from the image losses only."""
+        without moving them (detached): the image path learns from the image losses only. ``audio``
+        ``[N, D, 1, 1]`` is the audio encoder's output; ``fused`` may be None for the ``"resting"`` kind
+        (``train.lips`` fits it on cached audio embeddings alone)."""
         audio = audio.detach().flatten(1)
         if self.config.lip_predictor == "resting":
             shape = (resting - resting.mean(dim=1, keepdim=True)).flatten(1) * RESTING_SCALE
