@@ -11,6 +11,18 @@ the face box are never written (bit-identical to the input). An optional
 colour match shifts the generated face's mean colour under the same mask to
 the input's, which hides small colour biases of a model.
 
+The generator works at S px (96 by default), so a plain paste replaces the
+input's skin texture under the mask by an upsampled, softer picture, even
+where the generator drew what the input already shows (chin, cheeks, a
+closed mouth that stays closed). :func:`transfer_detail` keeps the input's
+own detail there: the generated face gives the low band (a Gaussian of
+:data:`DETAIL_SIGMA`), the input the band above it, both in the crop and at
+the frame's full resolution, weighted by how well the two low bands agree
+(:func:`detail_keep`, on luminance); where the generator changed the picture (the mouth's
+new shape) the weight is 0 and its own pixels are pasted. This is the
+classic base/detail split of image compositing, restricted by an agreement
+test so that the input's old mouth does not show through the new one.
+
 Without landmarks (old callers, tests) the paste falls back to the fixed
 soft ellipse :func:`lower_face_mask`, which the training code also uses for
 its differentiable paste (train/roi.py, train/losses.py, train/monitor.py).
@@ -190,6 +202,67 @@ def landmark_mask(landmarks: np.ndarray, box: Box, size_hw: tuple[int, int]) -> 
     return mask * ty[:, None].astype(np.float32) * tx[None, :].astype(np.float32)
 
 
+DETAIL_SIGMA = 1.5 / 96
+"""σ of the detail band's lower edge in :func:`transfer_detail`, as a fraction of the crop side S
+(1.5 px at S = 96): the band above it is where a 96-px generator trained with L1 is soft."""
+DETAIL_TEST_SIGMA = 2.0 / 96
+"""σ (fraction of S) of the low band that :func:`detail_keep` compares: coarse enough that the
+input's own texture and the generator's softness do not count as a change, fine enough that a lip
+edge moved by a pixel does (about 18 grey levels for a 60-level edge at 96 px)."""
+DETAIL_TOLERANCE = 10.0
+"""Luminance difference of the two low bands (0–255 grey levels) at which :func:`detail_keep` keeps
+half of the input's detail; at twice it, 1/17 (a 1/(1 + (d/t)^4) fall)."""
+_BT601 = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def detail_keep(generated: np.ndarray, original: np.ndarray, tolerance: float = DETAIL_TOLERANCE) -> np.ndarray:
+    """Where the generated and the input crop show the same picture, so that the input's detail fits.
+
+    The test is on luminance (BT.601), so that a colour shift of the generated face (which the low
+    band keeps anyway) does not count as a change, but a moved edge does: ``d`` = the absolute
+    difference of the two crops' Gaussian low bands (σ = :data:`DETAIL_TEST_SIGMA` · S), grown by
+    two pixels (a 5×5 maximum) and smoothed (σ 1 px), so that the detail fades out before the
+    places where the picture changed (no ghost of the input's old lip edge beside the new one) and
+    the weight has no blocky holes; weight ``1 / (1 + (d / tolerance)^4)``.
+
+    Args:
+        generated: S×S×3 float32, 0–255 (after any colour match).
+        original: S×S×3 uint8 or float, 0–255: the input crop of the same box.
+        tolerance: the difference (grey levels) at which the weight is 0.5.
+
+    Returns:
+        ``[S, S]`` float32 in [0, 1] (1: the same picture).
+    """
+    sigma = DETAIL_TEST_SIGMA * generated.shape[0]
+    low_g = cv2.GaussianBlur(generated @ _BT601, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    low_o = cv2.GaussianBlur(original.astype(np.float32) @ _BT601, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    d = cv2.dilate(np.abs(low_g - low_o), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_REFLECT)
+    d = cv2.GaussianBlur(d, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT) / np.float32(tolerance)
+    d *= d
+    return (1.0 / (1.0 + d * d)).astype(np.float32)
+
+
+def transfer_detail(generated: np.ndarray, original: np.ndarray,
+                    tolerance: float = DETAIL_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
+    """The generated crop with the input's detail band where the two show the same picture (module doc).
+
+    ``generated`` S×S×3 float32 0–255, ``original`` S×S×3 0–255 (the input crop of the same box).
+    Returns ``(face, keep)``: ``keep`` = :func:`detail_keep`, and ``face`` S×S×3 float32 (not clipped)
+    = ``generated + keep·(detail(original) - detail(generated))``, detail = the image minus its
+    Gaussian low band (σ = :data:`DETAIL_SIGMA` · S): where ``keep`` is 1, the generated low band
+    plus the input's detail. :meth:`Compositor.paste` uses ``keep`` again for the input's detail above
+    the crop's resolution.
+    """
+    S = generated.shape[0]
+    keep = detail_keep(generated, original, tolerance)
+    sigma = DETAIL_SIGMA * S
+    o = original.astype(np.float32)
+    detail_o = o - cv2.GaussianBlur(o, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    detail_g = generated - cv2.GaussianBlur(generated, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    face = generated + keep[..., None] * (detail_o - detail_g)
+    return face.astype(np.float32), keep
+
+
 def match_colour(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Shift ``generated`` (S×S×3 float32, 0–255) so that its mask-weighted mean colour equals ``original``'s.
 
@@ -210,12 +283,15 @@ class Compositor:
         size: generator face size S.
         feather: feather of the fallback mask :func:`lower_face_mask` (used without landmarks).
         colour_match: apply :func:`match_colour` (under the paste mask) before pasting.
+        detail: keep the input's own detail where the generated face agrees with it
+            (:func:`transfer_detail`, in the crop and at full resolution); needs ``original_crop``.
     """
 
-    def __init__(self, size: int, feather: float = 0.35, colour_match: bool = True):
+    def __init__(self, size: int, feather: float = 0.35, colour_match: bool = True, detail: bool = True):
         self.size = size
         self.mask = lower_face_mask(size, feather)
         self.colour_match = colour_match
+        self.detail = detail
 
     def mask_for(self, box: Box, landmarks: np.ndarray | None = None) -> np.ndarray:
         """The ``[S, S]`` float32 paste mask in crop coordinates: :func:`landmark_mask` of
@@ -233,7 +309,8 @@ class Compositor:
             box: the crop box the face was cut from (``engine.face.crop``).
             face: S×S×3 generated face, float32 in [0, 1] (or uint8).
             alpha: overall opacity in [0, 1] (fades on face loss / return).
-            original_crop: S×S×3 uint8 input crop, for colour matching.
+            original_crop: S×S×3 uint8 input crop (``engine.face.crop`` of ``frame`` and ``box``),
+                for colour matching and the detail transfer.
             landmarks: ``[478, 2]`` face-mesh points (frame pixels) of the face the
                 mask is built for (:func:`landmark_mask`; normally the current
                 frame's); ``None``: the fixed :func:`lower_face_mask`.
@@ -263,13 +340,22 @@ class Compositor:
         gen = face.astype(np.float32) * (255.0 if face.dtype != np.uint8 else 1.0)
         if self.colour_match and original_crop is not None:
             gen = match_colour(gen, original_crop, mask)
-        gen = cv2.resize(gen, (w, h), interpolation=cv2.INTER_LINEAR)[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
-        # the mask resized per channel: numpy broadcasts a [h, w, 1] factor several times slower
+        keep = None
+        if self.detail and original_crop is not None:
+            gen, keep = transfer_detail(gen, original_crop)
+        sub = np.s_[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
+        gen = cv2.resize(gen, (w, h), interpolation=cv2.INTER_LINEAR)[sub]
+        # the masks resized per channel: numpy broadcasts a [h, w, 1] factor several times slower
         mask3 = np.repeat(mask[..., None], gen.shape[-1], axis=2)
-        a = cv2.resize(mask3, (w, h), interpolation=cv2.INTER_LINEAR)[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
+        a = cv2.resize(mask3, (w, h), interpolation=cv2.INTER_LINEAR)[sub]
         if alpha < 1:
             a = a * np.float32(alpha)
         region = out[cy0:cy1, cx0:cx1].astype(np.float32)
+        if keep is not None:  # the input's detail above the crop's resolution, where it is kept
+            low = cv2.resize(original_crop.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)[sub]
+            low -= region
+            low *= cv2.resize(np.repeat(keep[..., None], 3, axis=2), (w, h), interpolation=cv2.INTER_LINEAR)[sub]
+            gen -= low  # gen + keep·(region - up(original))
         gen -= region  # region + a·(gen - region), in place
         gen *= a
         gen += region

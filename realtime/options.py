@@ -1,7 +1,7 @@
 """The model options every ``realtime`` command shares, and the pipeline they build.
 
 ``model_options(parser)`` adds ``--checkpoint --backend --int8 --device
---chunk --batching --size``; ``pipeline_factory(args)`` loads the backend
+--chunk --batching --no-detail --size``; ``pipeline_factory(args)`` loads the backend
 once and returns a function that makes a new :class:`~realtime.pipeline.Pipeline`
 on it (one per live session). Both ``realtime.cli`` (files) and
 ``realtime.cli_live`` (live commands) use them.
@@ -39,6 +39,9 @@ def model_options(p: argparse.ArgumentParser) -> None:
                    help="ready: a frame goes to the generator as soon as its mel window is in, with the frames "
                         "ready then (lowest latency; default); fixed: full chunks of --chunk frames (GPU "
                         "throughput, adds up to chunk-1 frames of latency)")
+    g.add_argument("--no-detail", action="store_true",
+                   help="paste the generated face as it is, without the input's own skin detail where the "
+                        "generator drew what the input shows (engine.compose.transfer_detail; default: kept)")
     g.add_argument("--size", type=int, default=None,
                    help="face size S the checkpoint must have (default: whatever the checkpoint was trained at)")
 
@@ -68,6 +71,7 @@ def pipeline_factory(args):
     log.info("generator: %s (%s, %dpx) on %s", ckpt, backend.info.kind, backend.info.size, backend.name)
     config = PipelineConfig(chunk=args.chunk, batching=args.batching,
                             watermark=not getattr(args, "no_watermark", False),
+                            detail=not getattr(args, "no_detail", False),
                             label=getattr(args, "label", None), label_corner=getattr(args, "label_corner", "top-left"))
     if not config.watermark:
         print("realtime: warning: --no-watermark: the generated frames carry no invisible watermark",

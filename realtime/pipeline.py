@@ -72,6 +72,8 @@ class PipelineConfig:
         units, -4 = silence) counts as silent.
     watermark: mark each generated frame inside its paste mask
         (:func:`engine.provenance.embed_watermark`; its time counts as compositing).
+    detail: keep the input's own detail where the generated face agrees with it
+        (:func:`engine.compose.transfer_detail`); ``False`` pastes the generator's pixels as they are.
     label: text of a visible corner badge drawn on the live outputs
         (virtual camera, WebRTC: :func:`realtime.sinks.draw_label`); ``None``: no badge.
     label_corner: ``top-left``, ``top-right``, ``bottom-left`` or ``bottom-right``.
@@ -85,6 +87,7 @@ class PipelineConfig:
     identity_refresh_s: float = 10.0
     silence_level: float = -2.5
     watermark: bool = True
+    detail: bool = True
     label: str | None = None
     label_corner: str = "top-left"
 
@@ -166,7 +169,7 @@ class Pipeline:
         if self.config.batching not in BATCHING:
             raise ValueError(f"batching must be one of {', '.join(BATCHING)}, not {self.config.batching!r}")
         self.tracker = tracker or FaceTracker(crop=self.info.crop)
-        self.compositor = Compositor(self.info.size)
+        self.compositor = Compositor(self.info.size, detail=self.config.detail)
         self.mel = MelStream()
         self.stats = PipelineStats()
         self._pending: deque[_Frame] = deque()

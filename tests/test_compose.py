@@ -182,7 +182,8 @@ def test_colour_match_uses_the_landmark_mask(grid_frames, grid_faces, monkeypatc
     generated[far] += np.array([0, 0, 0.4], np.float32)
     seen = []
     monkeypatch.setattr(compose, "match_colour", lambda g, o, m: seen.append(m) or match_colour(g, o, m))
-    out = Compositor(96).paste(frame, face.box, generated, 1.0, c, landmarks=lm)
+    plain = Compositor(96, detail=False)  # the colour match alone (the detail transfer: tests below)
+    out = plain.paste(frame, face.box, generated, 1.0, c, landmarks=lm)
     assert len(seen) == 1 and np.array_equal(seen[0], mask)
     # matched under the landmark mask, the shift is exactly +20 grey levels: the same as pasting the
     # input crop itself
@@ -193,8 +194,8 @@ def test_colour_match_uses_the_landmark_mask(grid_frames, grid_faces, monkeypatc
                    - same).max(axis=2)
     assert mouth.max() >= 19  # without the match: 20 grey levels off (where the mask is 1)
     # under the fixed ellipse the blue part would take part in the shift
-    ellipse = Compositor(96).paste(frame, face.box, generated, 1.0, c)
-    assert np.abs(ellipse.astype(int) - Compositor(96).paste(frame, face.box, c / 255, 1.0, c)).max() > 10
+    ellipse = plain.paste(frame, face.box, generated, 1.0, c)
+    assert np.abs(ellipse.astype(int) - plain.paste(frame, face.box, c / 255, 1.0, c)).max() > 10
 
 
 def test_fallback_without_landmarks_is_the_old_full_box_blend(grid_frames, grid_faces):
@@ -241,3 +242,74 @@ def test_picture_of_the_mask(grid_frames, grid_faces):
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / "paste_mask_grid.png"
     assert cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(panels, axis=1), cv2.COLOR_RGB2BGR))
+
+
+# ---------------------------------------------------------------------------
+# The detail transfer: the input's own skin detail where the generator drew what the input shows.
+
+def _lip_box_sharpness(image, face):
+    """Variance of the Laplacian of the grey lip box (the metrics' sharpness, engine.metrics)."""
+    lips = face.landmarks[list(LIP_OUTER)]
+    (x0, y0), (x1, y1) = np.floor(lips.min(0)).astype(int) - 4, np.ceil(lips.max(0)).astype(int) + 4
+    grey = cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).astype(np.float64)
+    return cv2.Laplacian(grey, cv2.CV_64F).var()
+
+
+def test_detail_transfer_gives_a_soft_but_right_face_the_inputs_detail(grid_frames, grid_faces):
+    """A generated face that shows the input's picture, only softer (the crop blurred) and with a
+    colour shift: with the transfer, the pasted mouth region keeps the input's sharpness and its
+    pixels; without it, it is visibly softer."""
+    from engine.compose import detail_keep
+
+    frames, _ = grid_frames
+    faces, open_i, _ = grid_faces
+    frame, face = frames[open_i], faces[open_i]
+    c = crop(frame, face.box, 96)
+    soft = cv2.GaussianBlur(c.astype(np.float32), (0, 0), 1.5) + np.array([10, -8, 0], np.float32)
+    keep = detail_keep(soft, c)
+    mask = landmark_mask(face.landmarks, face.box, (96, 96))
+    assert float((keep * mask).sum() / mask.sum()) > 0.9  # the same picture: softness and colour don't count
+    args = (frame, face.box, soft / 255, 1.0, c)
+    kept = Compositor(96, colour_match=False).paste(*args, landmarks=face.landmarks)
+    plain = Compositor(96, colour_match=False, detail=False).paste(*args, landmarks=face.landmarks)
+    sharp = _lip_box_sharpness(frame, face)
+    assert _lip_box_sharpness(kept, face) > 0.85 * sharp
+    assert _lip_box_sharpness(plain, face) < 0.6 * sharp
+    x0, y0, x1, y1 = box_pixels(face.box)
+    inside = frame_mask(face)[0] > 0.99
+    grey = lambda im: cv2.cvtColor(im[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).astype(int)  # noqa: E731
+    # where the mask is 1, the transfer brings the paste much closer to the input's own pixels
+    # (what is left: the colour shift's luminance, 1.7 levels, and the band the blur took below σ)
+    assert np.abs(grey(kept) - grey(frame))[inside].mean() < 0.6 * np.abs(grey(plain) - grey(frame))[inside].mean()
+
+
+def test_detail_transfer_does_not_bring_back_the_inputs_old_mouth(grid_frames, grid_faces, monkeypatch):
+    """The generator closes a mouth that is open in the input (the closed frame's crop, softened):
+    inside the input's opening the detail weight is near 0 and the paste is nearly the plain one,
+    where a transfer without the agreement test would draw the old opening's edges back in; the
+    rest of the lower face still takes the input's detail."""
+    import engine.compose as compose
+    from engine.compose import detail_keep
+
+    frames, _ = grid_frames
+    faces, open_i, closed_i = grid_faces
+    frame, face = frames[open_i], faces[open_i]
+    c = crop(frame, face.box, 96)
+    closed = cv2.GaussianBlur(crop(frames[closed_i], face.box, 96).astype(np.float32), (0, 0), 1.5)
+    keep = detail_keep(closed, c)
+    x0, y0, x1, y1 = box_pixels(face.box)
+    s = 96 / (x1 - x0)
+    top, bottom = face.landmarks[13], face.landmarks[14]  # the input's inner lips, upper and lower
+    cx, cy = ((top + bottom) / 2 - (x0, y0)) * s
+    assert keep[int(cy) - 1: int(cy) + 2, int(cx) - 3: int(cx) + 4].max() < 0.1
+    mask = landmark_mask(face.landmarks, face.box, (96, 96))
+    assert float((keep * mask).sum() / mask.sum()) > 0.4  # not everything changed
+    args = (frame, face.box, closed / 255, 1.0, c)
+    kept = Compositor(96, colour_match=False).paste(*args, landmarks=face.landmarks)
+    plain = Compositor(96, colour_match=False, detail=False).paste(*args, landmarks=face.landmarks)
+    gy, gx = int((top[1] + bottom[1]) / 2), int((top[0] + bottom[0]) / 2)
+    window = np.s_[gy - 1: gy + 2, gx - 4: gx + 5]
+    monkeypatch.setattr(compose, "detail_keep", lambda g, o, tolerance=None: np.ones(g.shape[:2], np.float32))
+    ghost = Compositor(96, colour_match=False).paste(*args, landmarks=face.landmarks)
+    ghost_diff = np.abs(ghost[window].astype(int) - plain[window]).max()
+    assert ghost_diff >= 10 and np.abs(kept[window].astype(int) - plain[window]).max() <= 0.25 * ghost_diff

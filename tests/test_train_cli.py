@@ -39,6 +39,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     ("model.size=100", r"model: face size 100 must halve"),
     ("model.size.x=1", r"model\.size is a value, not a section"),
     ("device=gpu", r"device must be one of auto, cpu, cuda, cuda:N"),
+    ("disc_region=mouth", r"disc_region: mouth places its crops by the targets' lip points, which only "
+                          r"model\.lip_sketch: true loads"),
+    ("disc_region=lips", r"disc_region must be one of face, lower, mouth, got 'lips'"),
     ("steps", r"override 'steps' is not key=value"),
 ])
 def test_bad_overrides_are_one_line_naming_the_key(override, message):

@@ -19,7 +19,7 @@ from engine.models.generator import Generator, GeneratorConfig
 from engine.models.syncnet import SyncNetColor
 from train.data import WindowDataset, collate, context_arrays, load_clip, load_clips
 from train.losses import (PERCEPTUAL_LAYERS, SYNC_KINDS, SYNC_LOG_FLOOR, VGG19, AVHubertSyncLoss, build_perceptual_loss, log_cosine_loss,
-                          build_sync_loss, l1_loss)
+                          MOUTH_VIEW_SCALE, build_sync_loss, l1_loss, mouth_view)
 from train.preprocess import cut_region
 from train.roi import avhubert_video, context_rois
 
@@ -95,6 +95,45 @@ def test_paste_back_and_mouth_roi_match_the_metrics_path(grid_train_data):
     real, _ = context_rois(batch, None, torch.from_numpy(lower_face_mask(96)))
     diff = np.abs(avhubert_video(real)[0, 0].numpy() - mouth_rois(grey, affines)) * 0.165
     assert diff.max() < 1e-4
+
+
+def test_mouth_view_cuts_the_lips_of_a_real_clip_where_they_are(grid_train_data):
+    """The mouth crops for disc_region: mouth, with a real clip's lip points: a bright dot drawn on a
+    face at a lip point comes out where the crop's geometry puts it (centre of the outer lip box at
+    the crop centre, the lip width 1/MOUTH_VIEW_SCALE of the side), gradients reach the faces, and a
+    wrong number of lip shapes is refused."""
+    from train.data import window_lips
+
+    clip = load_clip(grid_train_data / "clips" / "s1__bbas1s.npz")
+    lips = torch.from_numpy(window_lips(clip, 10, 4))  # [4, 33, 2] face sides
+    S, size = 96, 64
+    faces = torch.zeros(4, 3, S, S)
+    for n in range(4):  # a 2×2-pixel dot at the subject's right mouth corner (point 0), another at point 3
+        for i in (0, 3):
+            x, y = (lips[n, i] * S).round().long().tolist()
+            faces[n, :, y - 1: y + 1, x - 1: x + 1] = 1.0
+    faces.requires_grad_(True)
+    view = mouth_view(faces, lips[None], size)  # [1, 4, 33, 2] rows flatten to the 4 faces
+    assert view.shape == (4, 3, size, size)
+    outer = lips[:, :12]
+    centre, width = (outer.amax(1) + outer.amin(1)) / 2, outer[..., 0].amax(1) - outer[..., 0].amin(1)
+    for n in range(4):
+        for i in (0, 3):
+            dot = (lips[n, i] * S).round() / S  # the dot's centre in face sides (its pixels' shared corner)
+            expect = 0.5 + (dot - centre[n]) / (width[n] * MOUTH_VIEW_SCALE)  # in crop sides
+            ex, ey = (expect * size).tolist()
+            patch = view[n, 0].detach()
+            j0, i0 = int(ex) - 3, int(ey) - 3
+            near = patch[i0: i0 + 7, j0: j0 + 7]
+            assert near.max() > 0.5, f"no dot near ({ex:.1f}, {ey:.1f}) in face {n}"
+            w = near.clamp(min=0)
+            yy, xx = torch.meshgrid(torch.arange(7.0) + i0 + 0.5, torch.arange(7.0) + j0 + 0.5, indexing="ij")
+            assert abs(float((w * xx).sum() / w.sum()) - ex) < 0.6 and abs(float((w * yy).sum() / w.sum()) - ey) < 0.6
+    assert 0.2 < float(width.mean()) * MOUTH_VIEW_SCALE < 0.8  # a mouth crop, not the whole face
+    view.sum().backward()
+    assert faces.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="3 lip shapes for 4 faces"):
+        mouth_view(faces, lips[:3])
 
 
 def _weights(avhubert_checkpoint, lip_expert_checkpoint):

@@ -268,6 +268,25 @@ def test_lip_sketch_generator_grows_from_an_old_one_learns_its_lips_and_sets_its
             assert float((trained[key] - value).abs().max()) < 1e-3, key
 
 
+def test_mouth_discriminator_trains_on_the_mouth_crops(grid_train_data, tmp_path, monkeypatch):
+    """disc_region: mouth: the discriminator sees train.losses.mouth_view crops (64 px) of the targets and
+    of the generated faces, cut at the targets' lip points, and both networks learn from it."""
+    import train.run as run
+    from train.losses import mouth_view
+
+    seen = []
+    monkeypatch.setattr(run, "mouth_view", lambda faces, lips: seen.append((faces.shape, lips.shape))
+                        or mouth_view(faces, lips))
+    cfg = tiny(grid_train_data, tmp_path / "run", steps=2,
+               **{"model.lip_sketch": "true", "disc_region": "mouth", "loss.gan": 1, "loss.gan_start": 0,
+                  "sync.kind": "none"})
+    train(cfg)
+    n = cfg["batch_size"] * cfg["k"]
+    # per step: the generator's term (n fakes), the discriminator's (n reals + n fakes)
+    assert seen == [((n, 3, 96, 96), (n, 33, 2)), ((2 * n, 3, 96, 96), (2 * n, 33, 2))] * 2
+    assert {"loss/gan_g", "loss/gan_d"} <= _scalars(tmp_path / "run")
+
+
 def test_lip_gain_undoes_a_shrunk_displacement(grid_train_data):
     """calibrate_lip_gain matches the predicted mouth's motion to the real one's: a predictor whose
     displacement is halved gets twice the gain."""

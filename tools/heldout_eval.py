@@ -1,6 +1,7 @@
 """Score generators side by side on the held-out speakers: the evaluation behind the model card.
 
     python tools/heldout_eval.py --checkpoint NAME=CKPT [NAME=CKPT ...] [--data data/all] [--out runs/eval]
+                                 [--run-option NAME=OPTION ...]
 
 Each checkpoint dubs the same clips of the validation speakers of a
 ``train.preprocess`` folder (whole speakers the generator never saw) with
@@ -19,7 +20,9 @@ source clips, one row each (printed, and written to
 ``OUT/<set>_table.txt``, ``.csv`` and ``.json``), and
 ``tools/contact_sheet.py`` a mouth sheet per clip and checkpoint
 (``OUT/<set>/<name>/<clip>_mouth.png``, input above output): look at them.
-Dubbed videos are kept (``OUT/<set>/<name>/<clip>.mp4``) and reused when a
+``--run-option plain=--no-detail`` gives the row ``plain`` a ``realtime run``
+option of its own, so that one checkpoint can be scored two ways (e.g.
+``--checkpoint detail=G plain=G``). Dubbed videos are kept (``OUT/<set>/<name>/<clip>.mp4``) and reused when a
 checkpoint's file is older than them; ``--redo`` makes them again.
 
 Exit status 0; 2 with one line on stderr when the data folder has no such
@@ -82,12 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=REPO / "data" / "all",
                    help="train.preprocess folder (default data/all)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "eval", help="output folder (default runs/eval)")
+    p.add_argument("--run-option", nargs="+", default=[], metavar="NAME=OPTION",
+                   help="an option of realtime run for one row only, e.g. plain=--no-detail (repeatable)")
     p.add_argument("--redo", action="store_true", help="dub again even where a video is newer than its checkpoint")
     a = p.parse_args(argv)
     try:
         models = dict(item.split("=", 1) for item in a.checkpoint)
+        options: dict[str, list[str]] = {}
+        for item in a.run_option:
+            name, option = item.split("=", 1)
+            options.setdefault(name, []).append(option)
     except ValueError:
-        p.error("--checkpoint takes NAME=CKPT")
+        p.error("--checkpoint takes NAME=CKPT, --run-option NAME=OPTION")
+    unknown = sorted(set(options) - set(models))
+    if unknown:
+        p.error(f"--run-option for {', '.join(unknown)}, which no --checkpoint names")
     try:
         found = sources(a.data)
     except FileNotFoundError as e:
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             audio = str(SHARED / speech) if speech else str(ref)
             _run([py, "-m", "realtime.cli", "run", "--video", str(ref), "--audio", audio, "--out", str(out),
-                  "--checkpoint", models[name], "--no-watermark", "--no-provenance", "-q"])
+                  "--checkpoint", models[name], "--no-watermark", "--no-provenance", "-q", *options.get(name, [])])
             _run([py, "tools/contact_sheet.py", str(ref), str(out), "--frames", "8"])
         for set_ in sorted({s for s, _, _ in CLIPS}):
             table = _run([py, "tools/evaluate.py", "--generated", *[str(a.out / set_ / n) for n in models],

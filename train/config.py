@@ -148,8 +148,9 @@ class TrainConfig:
     weights: WeightsConfig = _f(factory=WeightsConfig)
     monitor: MonitorConfig = _f(factory=MonitorConfig)
     disc_width: float = _f(1.0, "channel multiplier of the discriminator", gt=0)
-    disc_region: Literal["face", "lower"] = _f(
-        "face", "face: the discriminator sees whole faces (the paper); lower: the lower halves")
+    disc_region: Literal["face", "lower", "mouth"] = _f(
+        "face", "face: the discriminator sees whole faces (the paper); lower: the lower halves; mouth: magnified "
+                "crops of the mouth (train.losses.mouth_view, model.lip_sketch only)")
     freeze_norm: bool = _f(False, "BatchNorm layers of the generator keep their running statistics (eval mode) while "
                            "its weights train: fine-tuning on minutes of one person (realtime enroll), whose "
                            "batches' statistics would otherwise replace those of the training data")
@@ -361,6 +362,9 @@ def validate(cfg: dict, origins: dict[str, str] | None = None) -> dict:
         GeneratorConfig(**out["model"]).scales()
     except ValueError as e:
         raise ConfigError(f"{_where(origins, 'model.size')}: model: {e}") from None
+    if out["disc_region"] == "mouth" and not out["model"]["lip_sketch"]:
+        raise ConfigError(f"{_where(origins, 'disc_region')}: disc_region: mouth places its crops by the targets' "
+                          "lip points, which only model.lip_sketch: true loads")
     sync = out["sync"]
     if sync["kind"].startswith("avhubert") and out["loss"]["sync"] > 0 and sync["context"] != "clip" \
             and sync["context"] < out["k"]:

@@ -85,6 +85,36 @@ def lower_half(faces: torch.Tensor) -> torch.Tensor:
     return faces[..., faces.shape[-2] // 2:, :]
 
 
+MOUTH_VIEW_SIZE = 64
+"""Side (px) of the mouth crops that :func:`mouth_view` gives the discriminator."""
+MOUTH_VIEW_SCALE = 1.8
+"""Side of a mouth crop over the width of the outer lip contour: the lips, the corners' skin and,
+for an open mouth, teeth and tongue (an open mouth is about 0.6 of its width high)."""
+
+
+def mouth_view(faces: torch.Tensor, lips: torch.Tensor, size: int = MOUTH_VIEW_SIZE) -> torch.Tensor:
+    """Square crops of the mouth of ``[N, C, S, S]`` faces, magnified, for a discriminator on the mouth alone.
+
+    ``lips``: ``[N, 33, 2]`` (or ``[..., 33, 2]`` with N rows in all) lip and jaw points in face
+    sides (``train.data.window_lips``: the targets' own, so that a generated face and its target are
+    cut at the same place). The crop is centred on the outer lip contour's box (points 0–11) with side
+    :data:`MOUTH_VIEW_SCALE` × its width (at least 0.2 of the face), bilinear (``grid_sample``,
+    border padding; differentiable in ``faces``). Returns ``[N, C, size, size]``.
+
+    Raises ValueError: ``lips`` with another number of faces.
+    """
+    outer = lips.reshape(-1, lips.shape[-2], 2)[:, :12].to(faces.dtype)
+    if outer.shape[0] != faces.shape[0]:
+        raise ValueError(f"{outer.shape[0]} lip shapes for {faces.shape[0]} faces")
+    lo, hi = outer.amin(dim=1), outer.amax(dim=1)
+    half = ((hi[:, 0] - lo[:, 0]) * (MOUTH_VIEW_SCALE / 2)).clamp(min=0.1)
+    theta = torch.zeros(faces.shape[0], 2, 3, dtype=faces.dtype, device=faces.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 2 * half  # output [-1, 1] -> face sides centre ± half
+    theta[:, :, 2] = (lo + hi) - 1
+    grid = F.affine_grid(theta, [faces.shape[0], faces.shape[1], size, size], align_corners=False)
+    return F.grid_sample(faces, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def gradient_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Mean absolute error of the horizontal and vertical finite differences of ``[N, C, H, W]``
     images (the image-gradient loss of e.g. Mathieu et al. 2016 with α = 1): it penalises edges

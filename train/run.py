@@ -72,7 +72,8 @@ from train.augment import Augment
 from train.config import DEFAULTS, ConfigError, load_config  # noqa: F401 (DEFAULTS, load_config: API)
 from train.config import validate as validate_config
 from train.losses import (AVHubertSyncLoss, LipExpertSyncLoss, OpeningLoss, build_perceptual_loss, build_sync_loss,
-                          find_weights, gan_discriminator_loss, gan_generator_loss, gradient_loss, l1_loss, lower_half)
+                          find_weights, gan_discriminator_loss, gan_generator_loss, gradient_loss, l1_loss, lower_half,
+                          mouth_view)
 from train.monitor import Monitor
 
 log = logging.getLogger("train.run")
@@ -432,7 +433,8 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         log.info("audio encoder: the lip expert's, frozen (paper 3.2)")
     gen = gen.to(device)
     disc = Discriminator(cfg["disc_width"]).to(device)
-    disc_view = lower_half if cfg["disc_region"] == "lower" else (lambda faces: faces)
+    disc_view = {"face": lambda faces, batch: faces, "lower": lambda faces, batch: lower_half(faces),
+                 "mouth": lambda faces, batch: mouth_view(faces, batch["lips"])}[cfg["disc_region"]]
     betas = tuple(cfg["betas"])
     opt_g = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=cfg["lr"], betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=betas)
@@ -540,7 +542,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
                 total = total + loss_w["sync"] * losses["sync"]
             if use_gan:
                 disc.requires_grad_(False)  # the generator's step: no discriminator gradients
-                losses["gan_g"] = gan_generator_loss(disc(disc_view(fake)).float())
+                losses["gan_g"] = gan_generator_loss(disc(disc_view(fake, batch)).float())
                 disc.requires_grad_(True)
                 total = total + loss_w["gan"] * losses["gan_g"]
         opt_g.zero_grad(set_to_none=True)
@@ -548,7 +550,8 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         scaler.step(opt_g)
         if use_gan:
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                logits = disc_step(disc_view(torch.cat([batch["target"], fake.detach()]))).float()
+                both = {"lips": torch.cat([batch["lips"], batch["lips"]])} if "lips" in batch else batch
+                logits = disc_step(disc_view(torch.cat([batch["target"], fake.detach()]), both)).float()
                 n = len(batch["target"])
                 losses["gan_d"] = gan_discriminator_loss(logits[:n], logits[n:])
             opt_d.zero_grad(set_to_none=True)
