@@ -83,10 +83,20 @@ class Draw:
         return np.clip(x * self.brightness, 0.0, 1.0).astype(np.float32)
 
     def mel(self, mel: np.ndarray) -> np.ndarray:
-        """Wav2Lip-normalised mel windows (any shape, values in [−4, 4]) with the gain applied."""
-        if self.gain_db == 0.0:
-            return mel
-        floor = mel <= -4.0
-        out = np.clip(mel + MEL_PER_DB * self.gain_db, -4.0, 4.0).astype(np.float32)
-        out[floor] = -4.0
-        return out
+        """Wav2Lip-normalised mel windows (any shape, values in [−4, 4]) with the gain applied (:func:`gain`)."""
+        return gain(mel, self.gain_db)
+
+
+def gain(mel: np.ndarray, gain_db: float) -> np.ndarray:
+    """Wav2Lip-normalised mel windows (any shape, values in [−4, 4]) of the audio made ``gain_db`` louder.
+
+    The mel is linear in dB (``engine.audio``: 100 dB span 8 units), so the gain adds
+    :data:`MEL_PER_DB` · ``gain_db`` before the clip to [−4, 4]; bins at the −4 floor (quieter than
+    −100 dB: silence) stay at the floor. ``mel`` itself is returned for a gain of 0; else float32.
+    """
+    if gain_db == 0.0:
+        return mel
+    floor = mel <= -4.0
+    out = np.clip(mel + MEL_PER_DB * gain_db, -4.0, 4.0).astype(np.float32)
+    out[floor] = -4.0
+    return out

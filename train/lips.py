@@ -47,7 +47,7 @@ from engine.audio import mel_window
 from engine.bundled import GENERATOR
 from engine.models import load as load_generator
 from engine.models.generator import Generator, save_generator
-from train.augment import MEL_PER_DB
+from train.augment import gain
 from train.data import WindowDataset, load_clips, window_identity_lips, window_lips
 from train.run import CALIBRATION_WINDOWS, INNER_GAP, calibrate_lip_gain
 
@@ -78,7 +78,7 @@ def lip_samples(gen: Generator, clips, references: int, rng: np.random.Generator
         mels = np.stack([mel_window(clip.mel, t / clip.fps, gen.info.mel_offset_s) for t in frames])[:, None]
         with torch.no_grad():
             audio.append(np.stack([
-                encoder(torch.from_numpy(np.clip(mels + MEL_PER_DB * g, -4.0, 4.0).astype(np.float32))).flatten(1)
+                encoder(torch.from_numpy(gain(mels, g).astype(np.float32))).flatten(1)
                 .numpy() for g in (-gain_db, 0.0, gain_db)]))
         T = len(clip.valid)
         lips.append(np.stack([window_lips(clip, 0, T, flip)[frames] for flip in (False, True)]))
