@@ -91,13 +91,26 @@ def _mix_down(planar: np.ndarray) -> np.ndarray:
     return planar[0] if len(planar) == 1 else planar.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
-@lru_cache(maxsize=1)
-def _mel_basis() -> np.ndarray:
+def librosa_mel_basis() -> np.ndarray:
+    """Wav2Lip's mel filterbank, ``[80, 401]`` float32, as librosa builds it (spec §3.5).
+
+    ``librosa.filters.mel`` with Wav2Lip's hparams and librosa 0.7.0's defaults that Wav2Lip used
+    (Slaney scale, Slaney area normalisation). The pipeline reads the same matrix from
+    ``engine/assets/wav2lip_mel_basis.npy`` (:data:`engine.bundled.MEL_BASIS`, written with
+    ``np.save(MEL_BASIS, librosa_mel_basis())``; ``tests/test_audio.py`` checks that they agree), so
+    that a start-up does not import librosa (about 1 s on a 2-core machine).
+    """
     import librosa
 
-    # librosa 0.7.0 defaults used by Wav2Lip: Slaney scale and Slaney area normalisation.
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX,
                                htk=False, norm="slaney").astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _mel_basis() -> np.ndarray:
+    from engine.bundled import MEL_BASIS
+
+    return np.load(MEL_BASIS, allow_pickle=False)
 
 
 @lru_cache(maxsize=1)
@@ -167,7 +180,7 @@ class MelStream:
     """
 
     def __init__(self):
-        _mel_basis()  # build the filterbank (and import librosa) now, not on the first audio piece
+        _mel_basis()  # load the filterbank now, not on the first audio piece
         self._pre = np.zeros(0, dtype=np.float64)  # pre-emphasised samples still needed
         self._pre_offset = 0  # sample index of self._pre[0]
         self._head: np.ndarray | None = None  # first 401 pre-emphasised samples (reflect head)

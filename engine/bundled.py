@@ -8,5 +8,6 @@ MEAN_FACE = ASSETS / "mediapipe_mean_face.npy"  # mean face in MediaPipe's 478-p
 GENERATOR = ASSETS / "generator.pt"  # the default generator; card: generator.md
 LIP_EXPERT = ASSETS / "lip_expert.pth"  # the lip-sync expert (SyncNetColor); card: lip_expert.md
 MOUTH_OPENING = ASSETS / "mouth_opening.pth"  # the mouth-opening regressor (engine.models.opening)
+MEL_BASIS = ASSETS / "wav2lip_mel_basis.npy"  # Wav2Lip's mel filterbank, made by librosa (engine.audio)
 DEMO_FACE = ASSETS / "demo_face.png"
 DEMO_SPEECH = ASSETS / "demo_speech.wav"

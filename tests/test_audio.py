@@ -20,6 +20,16 @@ def librosa_recipe(wav):
     return np.clip(8 * (S + 100) / 100 - 4, -4, 4)
 
 
+def test_bundled_mel_basis_is_librosas():
+    """engine/assets/wav2lip_mel_basis.npy, which the pipeline reads instead of importing librosa, is
+    librosa's filterbank with Wav2Lip's hparams."""
+    from engine.audio import _mel_basis, librosa_mel_basis
+
+    bundled = _mel_basis()
+    assert bundled.dtype == np.float32 and bundled.shape == (80, 401)
+    assert np.array_equal(bundled, librosa_mel_basis())
+
+
 def test_mel_matches_librosa_recipe_and_stream():
     wav = load_audio(data_file("audio/librivox_ss01_0870.wav"))
     batch = melspectrogram(wav)

@@ -23,6 +23,14 @@ Prints, in one run:
   (chunks of k=5 in the auto backend, and INT8) against calling the same
   model once per frame in plain PyTorch (the torch backend at whichever of
   1 or all threads was faster above, k=1).
+
+``--race N`` instead times whole processes, as a user waits for them:
+``realtime run`` (as it is, and with ``--int8``) against Wav2Lip's own
+``inference.py`` procedure (``tools/wav2lip_reference.py``, given its face
+box for free: no detector), same Wav2Lip-architecture checkpoint
+(``--checkpoint``, or random weights in the published layout: the speed does
+not depend on them), clip and speech, N rounds interleaved, and prints each
+process's wall time and the ratio.
 """
 
 from __future__ import annotations
@@ -61,7 +69,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="clip for the pipeline run and INT8 quality")
     p.add_argument("--audio", type=Path, default=DEFAULT_AUDIO, help="speech for the pipeline run")
     p.add_argument("--no-pipeline", action="store_true", help="generator timings only")
+    p.add_argument("--race", type=int, default=0, metavar="N",
+                   help="whole-process race of realtime run against Wav2Lip's inference.py procedure "
+                        "(tools/wav2lip_reference.py), N interleaved rounds, instead of the tables above")
     return p
+
+
+def race(checkpoint: Path | None, video: Path, audio: Path, rounds: int) -> int:
+    """``--race`` (module doc): prints one line per process and round, then the medians and the ratios."""
+    import subprocess
+
+    from engine.face import FaceTracker, box_pixels
+    from engine.media import read_frames_at
+    from engine.models.wav2lip import Wav2Lip
+
+    py, repo = sys.executable, Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if checkpoint is None:
+            torch.manual_seed(0)
+            checkpoint = tmp / "wav2lip.pth"
+            torch.save({"state_dict": {"module." + k: v for k, v in Wav2Lip().state_dict().items()}}, checkpoint)
+            print("checkpoint: random weights in wav2lip.pth's layout (the speed does not depend on them)")
+        frame = next(iter(read_frames_at(video)))[0]
+        with FaceTracker(crop="wav2lip") as tracker:
+            face = tracker.track(frame, 0.0)
+        if face is None:
+            print(f"bench: no face in the first frame of {video}", file=sys.stderr)
+            return 2
+        x0, y0, x1, y1 = box_pixels(face.box)
+        ours = [py, "-m", "realtime.cli", "run", "--video", str(video), "--audio", str(audio),
+                "--checkpoint", str(checkpoint), "-q"]
+        commands = {
+            "Wav2Lip inference.py (box given)": [py, str(repo / "tools" / "wav2lip_reference.py"),
+                                                 "--checkpoint_path", str(checkpoint), "--face", str(video),
+                                                 "--audio", str(audio), "--box", str(y0), str(y1), str(x0), str(x1),
+                                                 "--outfile", str(tmp / "reference.mp4")],
+            "realtime run": ours + ["--out", str(tmp / "ours.mp4")],
+            "realtime run --int8": ours + ["--int8", "--out", str(tmp / "ours_int8.mp4")],
+        }
+        subprocess.run(commands["realtime run --int8"], cwd=repo, capture_output=True)  # make the INT8 model once
+        print(f"race: {video.name} driven by {audio.name}, {rounds} rounds interleaved; load average "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        times: dict[str, list[float]] = {k: [] for k in commands}
+        for r in range(rounds):
+            for name, cmd in commands.items():
+                t0 = time.perf_counter()
+                done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+                times[name].append(time.perf_counter() - t0)
+                if done.returncode:
+                    print(f"bench: {name} failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
+                    return 2
+                print(f"  round {r + 1}: {name:<34} {times[name][-1]:6.2f} s")
+    base = float(np.median(times["Wav2Lip inference.py (box given)"]))
+    for name, t in times.items():
+        m = float(np.median(t))
+        print(f"{name:<34} median {m:6.2f} s  ({base / m:.2f}x the reference's speed)")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return 0
 
 
 def load_model(args) -> tuple[torch.nn.Module, str]:
@@ -174,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.checkpoints import CheckpointError
 
     args = build_parser().parse_args(argv)
+    if args.race:
+        return race(args.checkpoint, args.video, args.audio, args.race)
     cores = cpu_cores()
     torch.set_num_threads(cores)
     try:
