@@ -340,25 +340,32 @@ class Compositor:
         gen = face.astype(np.float32) * (255.0 if face.dtype != np.uint8 else 1.0)
         if self.colour_match and original_crop is not None:
             gen = match_colour(gen, original_crop, mask)
-        keep = None
-        if self.detail and original_crop is not None:
-            gen, keep = transfer_detail(gen, original_crop)
         sub = np.s_[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
-        gen = cv2.resize(gen, (w, h), interpolation=cv2.INTER_LINEAR)[sub]
-        # the masks resized per channel: numpy broadcasts a [h, w, 1] factor several times slower
-        mask3 = np.repeat(mask[..., None], gen.shape[-1], axis=2)
-        a = cv2.resize(mask3, (w, h), interpolation=cv2.INTER_LINEAR)[sub]
-        if alpha < 1:
-            a = a * np.float32(alpha)
         region = out[cy0:cy1, cx0:cx1].astype(np.float32)
-        if keep is not None:  # the input's detail above the crop's resolution, where it is kept
-            low = cv2.resize(original_crop.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)[sub]
-            low -= region
-            low *= cv2.resize(np.repeat(keep[..., None], 3, axis=2), (w, h), interpolation=cv2.INTER_LINEAR)[sub]
-            gen -= low  # gen + keep·(region - up(original))
-        gen -= region  # region + a·(gen - region), in place
-        gen *= a
-        gen += region
+        if self.detail and original_crop is not None:
+            # region + a·(up(face) - region) + a·up(keep)·(region - up(original)), i.e. the input's detail above
+            # the crop's resolution where it is kept, written as region·(1 - a·(1 - keep)) + a·(face - keep·
+            # original) with both products formed on the crop grid: two resizes, as the plain paste needs
+            # (bilinear upsampling of a product for the product of upsampled smooth maps: sub-pixel differences)
+            face_d, keep = transfer_detail(gen, original_crop)
+            m = (mask * np.float32(alpha))[..., None]
+            k = keep[..., None]
+            add = cv2.resize(m * (face_d - k * original_crop.astype(np.float32)), (w, h),
+                             interpolation=cv2.INTER_LINEAR)[sub]
+            drop = cv2.resize(np.repeat(m * (1.0 - k), gen.shape[-1], axis=2), (w, h),
+                              interpolation=cv2.INTER_LINEAR)[sub]
+            gen = region - region * drop
+            gen += add
+        else:
+            gen = cv2.resize(gen, (w, h), interpolation=cv2.INTER_LINEAR)[sub]
+            # the mask resized per channel: numpy broadcasts a [h, w, 1] factor several times slower
+            mask3 = np.repeat(mask[..., None], gen.shape[-1], axis=2)
+            a = cv2.resize(mask3, (w, h), interpolation=cv2.INTER_LINEAR)[sub]
+            if alpha < 1:
+                a = a * np.float32(alpha)
+            gen -= region  # region + a·(gen - region), in place
+            gen *= a
+            gen += region
         np.rint(gen, out=gen)
         np.clip(gen, 0, 255, out=gen)
         out[cy0:cy1, cx0:cx1] = gen.astype(np.uint8)
