@@ -235,7 +235,7 @@ def detail_keep(generated: np.ndarray, original: np.ndarray, tolerance: float = 
     """
     sigma = DETAIL_TEST_SIGMA * generated.shape[0]
     low_g = cv2.GaussianBlur(generated @ _BT601, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    low_o = cv2.GaussianBlur(original.astype(np.float32) @ _BT601, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    low_o = cv2.GaussianBlur(np.asarray(original, np.float32) @ _BT601, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     d = cv2.dilate(np.abs(low_g - low_o), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_REFLECT)
     d = cv2.GaussianBlur(d, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT) / np.float32(tolerance)
     d *= d
@@ -254,9 +254,9 @@ def transfer_detail(generated: np.ndarray, original: np.ndarray,
     the crop's resolution.
     """
     S = generated.shape[0]
-    keep = detail_keep(generated, original, tolerance)
+    o = np.asarray(original, np.float32)
+    keep = detail_keep(generated, o, tolerance)
     sigma = DETAIL_SIGMA * S
-    o = original.astype(np.float32)
     detail_o = o - cv2.GaussianBlur(o, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     detail_g = generated - cv2.GaussianBlur(generated, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     face = generated + keep[..., None] * (detail_o - detail_g)
@@ -347,10 +347,11 @@ class Compositor:
             # the crop's resolution where it is kept, written as region·(1 - a·(1 - keep)) + a·(face - keep·
             # original) with both products formed on the crop grid: two resizes, as the plain paste needs
             # (bilinear upsampling of a product for the product of upsampled smooth maps: sub-pixel differences)
-            face_d, keep = transfer_detail(gen, original_crop)
+            original = np.asarray(original_crop, np.float32)
+            face_d, keep = transfer_detail(gen, original)
             m = (mask * np.float32(alpha))[..., None]
             k = keep[..., None]
-            add = cv2.resize(m * (face_d - k * original_crop.astype(np.float32)), (w, h),
+            add = cv2.resize(m * (face_d - k * original), (w, h),
                              interpolation=cv2.INTER_LINEAR)[sub]
             drop = cv2.resize(np.repeat(m * (1.0 - k), gen.shape[-1], axis=2), (w, h),
                               interpolation=cv2.INTER_LINEAR)[sub]

@@ -248,11 +248,10 @@ def test_picture_of_the_mask(grid_frames, grid_faces):
 # The detail transfer: the input's own skin detail where the generator drew what the input shows.
 
 def _lip_box_sharpness(image, face):
-    """Variance of the Laplacian of the grey lip box (the metrics' sharpness, engine.metrics)."""
-    lips = face.landmarks[list(LIP_OUTER)]
-    (x0, y0), (x1, y1) = np.floor(lips.min(0)).astype(int) - 4, np.ceil(lips.max(0)).astype(int) + 4
-    grey = cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).astype(np.float64)
-    return cv2.Laplacian(grey, cv2.CV_64F).var()
+    """The metrics' mouth sharpness (engine.metrics.mouth_sharpness: Laplacian variance of the lip box)."""
+    from engine.metrics import mouth_sharpness
+
+    return float(mouth_sharpness([image], face.landmarks[None])[0])
 
 
 def test_detail_transfer_gives_a_soft_but_right_face_the_inputs_detail(grid_frames, grid_faces):

@@ -62,11 +62,12 @@ def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
     import librosa
     from scipy import signal
 
-    y = signal.lfilter([1.0, -0.97], [1.0], wav)
+    from engine.audio import HOP, N_FFT, PREEMPHASIS, librosa_mel_basis
+
+    y = signal.lfilter([1.0, -PREEMPHASIS], [1.0], wav)
     # reflect padding: the default of librosa 0.7.0, which Wav2Lip's requirements pin (newer ones pad with zeros)
-    spec = np.abs(librosa.stft(y=y, n_fft=800, hop_length=200, win_length=800, pad_mode="reflect"))
-    basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
-    db = 20.0 * np.log10(np.maximum(1e-5, basis @ spec)) - 20.0
+    spec = np.abs(librosa.stft(y=y, n_fft=N_FFT, hop_length=HOP, win_length=N_FFT, pad_mode="reflect"))
+    db = 20.0 * np.log10(np.maximum(1e-5, librosa_mel_basis() @ spec)) - 20.0
     return np.clip(8.0 * ((db + 100.0) / 100.0) - 4.0, -4.0, 4.0).astype(np.float32)
 
 

@@ -433,8 +433,9 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         log.info("audio encoder: the lip expert's, frozen (paper 3.2)")
     gen = gen.to(device)
     disc = Discriminator(cfg["disc_width"]).to(device)
-    disc_view = {"face": lambda faces, batch: faces, "lower": lambda faces, batch: lower_half(faces),
-                 "mouth": lambda faces, batch: mouth_view(faces, batch["lips"])}[cfg["disc_region"]]
+    # what the discriminator sees of [N, 3, S, S] faces whose targets have the lip points ``lips`` ([N, 33, 2] or None)
+    disc_view = {"face": lambda faces, lips: faces, "lower": lambda faces, lips: lower_half(faces),
+                 "mouth": mouth_view}[cfg["disc_region"]]
     betas = tuple(cfg["betas"])
     opt_g = torch.optim.Adam([p for p in gen.parameters() if p.requires_grad], lr=cfg["lr"], betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg["lr"], betas=betas)
@@ -542,7 +543,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
                 total = total + loss_w["sync"] * losses["sync"]
             if use_gan:
                 disc.requires_grad_(False)  # the generator's step: no discriminator gradients
-                losses["gan_g"] = gan_generator_loss(disc(disc_view(fake, batch)).float())
+                losses["gan_g"] = gan_generator_loss(disc(disc_view(fake, batch.get("lips"))).float())
                 disc.requires_grad_(True)
                 total = total + loss_w["gan"] * losses["gan_g"]
         opt_g.zero_grad(set_to_none=True)
@@ -550,8 +551,8 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
         scaler.step(opt_g)
         if use_gan:
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                both = {"lips": torch.cat([batch["lips"], batch["lips"]])} if "lips" in batch else batch
-                logits = disc_step(disc_view(torch.cat([batch["target"], fake.detach()]), both)).float()
+                real_fake_lips = torch.cat([batch["lips"]] * 2) if "lips" in batch else None  # reals, then fakes
+                logits = disc_step(disc_view(torch.cat([batch["target"], fake.detach()]), real_fake_lips)).float()
                 n = len(batch["target"])
                 losses["gan_d"] = gan_discriminator_loss(logits[:n], logits[n:])
             opt_d.zero_grad(set_to_none=True)
