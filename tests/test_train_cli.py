@@ -41,6 +41,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     ("device=gpu", r"device must be one of auto, cpu, cuda, cuda:N"),
     ("disc_region=mouth", r"disc_region: mouth places its crops by the targets' lip points, which only "
                           r"model\.lip_sketch: true loads"),
+    ("loss.mouth=2", r"loss\.mouth places its crops by the targets' lip points, which only "
+                     r"model\.lip_sketch: true loads"),
     ("disc_region=lips", r"disc_region must be one of face, lower, mouth, got 'lips'"),
     ("steps", r"override 'steps' is not key=value"),
 ])

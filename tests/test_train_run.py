@@ -287,6 +287,26 @@ def test_mouth_discriminator_trains_on_the_mouth_crops(grid_train_data, tmp_path
     assert {"loss/gan_g", "loss/gan_d"} <= _scalars(tmp_path / "run")
 
 
+def test_mouth_loss_compares_the_mouth_crops(grid_train_data, tmp_path, monkeypatch):
+    """loss.mouth: L1 + gradient L1 of train.losses.mouth_view crops of the generated faces and of their
+    targets, both cut at the targets' lip points; logged, and > 0 for a random generator."""
+    import train.run as run
+    from train.losses import mouth_view
+
+    seen = []
+    monkeypatch.setattr(run, "mouth_view", lambda faces, lips: seen.append((faces.shape, lips.shape))
+                        or mouth_view(faces, lips))
+    cfg = tiny(grid_train_data, tmp_path / "run", steps=1,
+               **{"model.lip_sketch": "true", "loss.mouth": 2, "loss.gan": 0, "sync.kind": "none"})
+    train(cfg)
+    n = cfg["batch_size"] * cfg["k"]
+    assert seen == [((n, 3, 96, 96), (n, 33, 2))] * 2  # the fakes, then their targets
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    assert acc.Scalars("loss/mouth")[0].value > 0.01
+
+
 def test_lip_gain_undoes_a_shrunk_displacement(grid_train_data):
     """calibrate_lip_gain matches the predicted mouth's motion to the real one's: a predictor whose
     displacement is halved gets twice the gain."""

@@ -80,6 +80,8 @@ class LossConfig:
     opening_amplitude: float = _f(0.0, "how much the mouth moves over a window, fake vs real "
                                        "(train.losses.OpeningLoss; 0: off)", min=0)
     lips: float = _f(1.0, "L1 in pixels of the predicted lip and jaw landmarks (model.lip_sketch only)", min=0)
+    mouth: float = _f(0.0, "L1 plus image-gradient L1 of the magnified mouth crops (train.losses.mouth_view, "
+                           "cut at the target's lip points; model.lip_sketch only; 0: off)", min=0)
 
 
 @dataclass
@@ -364,6 +366,9 @@ def validate(cfg: dict, origins: dict[str, str] | None = None) -> dict:
         raise ConfigError(f"{_where(origins, 'model.size')}: model: {e}") from None
     if out["disc_region"] == "mouth" and not out["model"]["lip_sketch"]:
         raise ConfigError(f"{_where(origins, 'disc_region')}: disc_region: mouth places its crops by the targets' "
+                          "lip points, which only model.lip_sketch: true loads")
+    if out["loss"]["mouth"] > 0 and not out["model"]["lip_sketch"]:
+        raise ConfigError(f"{_where(origins, 'loss.mouth')}: loss.mouth places its crops by the targets' "
                           "lip points, which only model.lip_sketch: true loads")
     sync = out["sync"]
     if sync["kind"].startswith("avhubert") and out["loss"]["sync"] > 0 and sync["context"] != "clip" \

@@ -531,6 +531,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
             if loss_w["grad"] > 0:
                 losses["grad"] = gradient_loss(lower_half(fake.float()), lower_half(batch["target"]))
                 total = total + loss_w["grad"] * losses["grad"]
+            if loss_w["mouth"] > 0:  # the mouth alone, magnified, at the target's lip points
+                mouth_fake, mouth_real = mouth_view(fake.float(), batch["lips"]), mouth_view(batch["target"], batch["lips"])
+                losses["mouth"] = (mouth_fake - mouth_real).abs().mean() + gradient_loss(mouth_fake, mouth_real)
+                total = total + loss_w["mouth"] * losses["mouth"]
             if opening is not None:
                 losses["opening"], losses["opening_amp"] = opening(fake, batch["target"])
                 total = total + loss_w["opening"] * losses["opening"] + loss_w["opening_amplitude"] * losses[
