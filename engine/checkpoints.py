@@ -19,9 +19,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a file is read or written: importing this module (for
+    import torch   # CheckpointError) must not import it (the torch-free start, engine.backends.onnx_backend)
 
 FORMAT = "dubcam-generator"
 VERSION = 1
@@ -38,6 +39,8 @@ def atomic_save(obj, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    import torch
+
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -55,6 +58,8 @@ def safe_load(path: str | Path) -> object:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError (not a zip), EOFError (truncated)

@@ -63,3 +63,51 @@ def test_auto_and_errors(small_generator):
         backends.load(small_generator, "tpu")
     with pytest.raises(ValueError, match="CUDA"):
         backends.load(small_generator, "torch", fp16=True)
+
+
+def test_a_checkpoint_loaded_once_starts_from_its_cached_export_without_torch(small_checkpoint, tmp_path):
+    """engine.backends.onnx_backend's checkpoint index: the first load of a file exports it and records it;
+    the next process starts from the export without importing torch and gives the same frames; a changed
+    file, or an entry that does not parse, is loaded from the checkpoint again."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from engine.backends import onnx_backend
+
+    home = tmp_path / "home"
+    env = {**os.environ, "DUBCAM_HOME": str(home)}
+    ckpt = tmp_path / "g.pt"
+    shutil.copy(small_checkpoint, ckpt)
+    faces, mels = _inputs(2)
+    np.save(tmp_path / "faces.npy", faces)
+    np.save(tmp_path / "mels.npy", mels)
+    script = ("import sys, numpy as np; from engine import backends; "
+              f"b = backends.load({str(ckpt)!r}); "
+              f"np.save({str(tmp_path / 'out.npy')!r}, b.run(np.load({str(tmp_path / 'faces.npy')!r}), "
+              f"np.load({str(tmp_path / 'mels.npy')!r}))); "
+              "print('torch' in sys.modules, b.info.size, b.info.kind)")
+
+    def start():
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        return done.stdout.split(), np.load(tmp_path / "out.npy")
+
+    ref = backends.load(small_checkpoint, "torch").run(faces, mels)
+    first, out1 = start()
+    assert first == ["True", "96", "dubcam"]  # loaded the checkpoint, exported, recorded
+    entries = list((home / "cache" / "onnx" / "files").glob("*.json"))
+    assert len(entries) == 1
+    second, out2 = start()
+    assert second == ["False", "96", "dubcam"]  # from the cache: torch never imported
+    assert np.abs(out2 - ref).max() < 1e-4 and np.array_equal(out1, out2)
+
+    entries[0].write_text("{not json")  # a damaged entry is ignored, and written anew
+    assert start()[0][0] == "True" and start()[0][0] == "False"
+    with open(ckpt, "ab") as f:  # another file (here: trailing bytes) has another hash
+        f.write(b"\0")
+    os.environ["DUBCAM_HOME"], old = str(home), os.environ["DUBCAM_HOME"]
+    try:
+        assert onnx_backend.cached_export(ckpt) is None
+    finally:
+        os.environ["DUBCAM_HOME"] = old

@@ -10,7 +10,8 @@ import torch
 from conftest import data_file, wav2lip_file
 from engine import backends
 from engine.backends import BackendError, example_inputs, max_diff
-from engine.backends.onnx_backend import OnnxBackend, export_onnx
+from engine.backends.onnx_backend import OnnxBackend
+from engine.backends.onnx_export import export_onnx
 from engine.backends.tensorrt_backend import check_build, unavailable_reason
 from engine.models import load as load_generator
 from engine.models.generator import save_generator

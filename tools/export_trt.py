@@ -53,7 +53,8 @@ if __package__ in (None, ""):  # run as a script from a checkout: make the proje
 import torch  # noqa: E402
 
 from engine.backends import BackendError, max_diff  # noqa: E402
-from engine.backends.onnx_backend import HalfPrecision, OnnxBackend, export_onnx, weights_hash  # noqa: E402
+from engine.backends.onnx_backend import OnnxBackend  # noqa: E402
+from engine.backends.onnx_export import HalfPrecision, export_onnx, weights_hash  # noqa: E402
 from engine.backends.tensorrt_backend import (BUILD_FORMAT, BUILD_JSON, TensorRTBackend,  # noqa: E402
                                               engine_dir, running_gpu, unavailable_reason)
 

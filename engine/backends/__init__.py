@@ -17,13 +17,15 @@ measured amount of that (``tests/test_export.py``, ``tools/bench.py``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from engine.inputs import generator_input
 from engine.models.info import GeneratorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
@@ -46,6 +48,8 @@ def max_diff(backend, model: torch.nn.Module, batches: tuple[int, ...] = (1, 5))
     on the device the module is on). Our generators agree to ~1e-6 in
     ONNX Runtime float32; FP16 engines to ~1e-3–1e-2.
     """
+    import torch
+
     device = next(model.parameters()).device
     worst = 0.0
     for n in batches:
@@ -103,6 +107,10 @@ def load(model_or_path: torch.nn.Module | str | Path, kind: str = "auto", device
         int8: the INT8 model (ONNX Runtime only; ``auto`` then means ONNX Runtime).
         options: passed to the backend class (e.g. ``fp16`` for torch, ``threads``).
 
+    A checkpoint file that ONNX Runtime ran here before starts from its cached export, without
+    importing torch or reading the checkpoint's weights (:func:`engine.backends.onnx_backend.cached_export`);
+    any other path loads the checkpoint (``engine.models.load``) and, for ONNX Runtime, records it.
+
     Raises:
         ValueError: unknown kind, or ``int8`` with a kind other than onnxruntime.
         BackendError: the kind cannot run here, or no engine was built for
@@ -117,16 +125,25 @@ def load(model_or_path: torch.nn.Module | str | Path, kind: str = "auto", device
         raise ValueError(f"INT8 is an ONNX Runtime option; it does not apply to the {kind} backend "
                          "(use --backend onnxruntime, or build a TensorRT engine with --int8-calib)")
     why = available()
-    built = None if isinstance(model_or_path, torch.nn.Module) else trt_backend.build_file(model_or_path)
+    path = Path(model_or_path) if isinstance(model_or_path, (str, Path)) else None
+    built = None if path is None else trt_backend.build_file(path)
     if built is not None and kind in ("auto", "tensorrt"):
         if why["tensorrt"]:
             raise BackendError(f"{model_or_path} is a TensorRT build, but {why['tensorrt']}")
         return trt_backend.TensorRTBackend(built, device=device, **options)
+    onnx = kind == "onnxruntime" or (kind == "auto" and why["onnxruntime"] is None and (int8 or why["tensorrt"]))
+    if path is not None and onnx and why["onnxruntime"] is None and path.is_file():
+        from engine.backends import onnx_backend
+
+        cached = onnx_backend.cached_export(path)  # a file loaded here before: no torch, no checkpoint load
+        if cached is not None:
+            return onnx_backend.OnnxBackend(onnx_path=cached[0], info=cached[1], device=device, int8=int8,
+                                            **options)
     model = model_or_path
-    if not isinstance(model, torch.nn.Module):
+    if path is not None:
         from engine.models import load as load_model
 
-        model = load_model(model_or_path)
+        model = load_model(path)
     if kind == "auto":
         if not int8 and why["tensorrt"] is None and trt_backend.find_engine(model) is not None:
             kind = "tensorrt"
@@ -145,6 +162,9 @@ def load(model_or_path: torch.nn.Module | str | Path, kind: str = "auto", device
                                f"{trt_backend.engine_dir(model)}); build one with: "
                                "python tools/export_trt.py --checkpoint CHECKPOINT --fp16")
         return trt_backend.TensorRTBackend(found, device=device, **options)
-    from engine.backends.onnx_backend import OnnxBackend
+    from engine.backends import onnx_backend
 
-    return OnnxBackend(model, device=device, int8=int8, **options)
+    backend = onnx_backend.OnnxBackend(model, device=device, int8=int8, **options)
+    if path is not None:
+        onnx_backend.remember_export(path, backend.export, model.info)
+    return backend

@@ -1,25 +1,40 @@
-"""ONNX Runtime backend and the ONNX export of a generator.
+"""ONNX Runtime backend, and the cache that lets it start without torch.
 
-The export (opset 17, dynamic batch, inputs ``faces`` / ``mels``, output
-``frames``) is cached under ``$DUBCAM_HOME/cache/onnx`` keyed by a hash of
-the weights, so a model is exported once per machine; so is its INT8
-version (``int8=True``, see :mod:`engine.backends.quantize`).
-``tools/export_trt.py`` uses the same export for TensorRT, with
-``fp16=True`` for an FP16 engine.
+A generator's ONNX export (:mod:`engine.backends.onnx_export`: opset 17,
+dynamic batch, inputs ``faces`` / ``mels``, output ``frames``) is cached
+under ``$DUBCAM_HOME/cache/onnx`` as ``<weights hash>.onnx``, so a model is
+exported once per machine; so is its INT8 version (``int8=True``, see
+:mod:`engine.backends.quantize`), as ``<export's hash>.int8.onnx``.
+
+Beside them, ``files/<checkpoint hash>.json`` remembers, for a checkpoint
+file that was loaded once (the SHA-256 of its bytes), which export it made
+and the generator's :class:`~engine.models.info.GeneratorInfo`. The next
+start from the same file (:func:`cached_export`, used by
+``engine.backends.load``) then opens the export directly: no torch import,
+no checkpoint load, no weights hash (about 2 s of ``realtime run``'s start
+on a 2-core CPU). A changed file has another hash and is loaded as usual;
+an entry that does not parse, or whose export is gone, is ignored.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from engine.backends import BackendError, example_inputs
+from engine.backends import BackendError
+from engine.models.info import GeneratorInfo
+
+if TYPE_CHECKING:
+    from torch import nn
+
+INDEX_FORMAT = "dubcam-onnx-index"
+"""``format`` of a checkpoint's cache entry (``files/<hash>.json``, module doc)."""
 
 
 def dubcam_home() -> Path:
@@ -27,69 +42,49 @@ def dubcam_home() -> Path:
     return Path(os.environ.get("DUBCAM_HOME", Path.home() / ".cache" / "dubcam"))
 
 
-class Traced(nn.Module):
-    """``forward(faces, mels)`` of a generator and nothing else: the legacy ONNX exporter passes every default
-    argument of the traced ``forward`` as an input, and a generator's training-only keywords (``lips``,
-    ``return_lips``) must not become part of the graph."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
-        return self.model(faces, mels)
+def onnx_cache() -> Path:
+    """``$DUBCAM_HOME/cache/onnx``: the exports, their INT8 versions and the checkpoint index (module doc)."""
+    return dubcam_home() / "cache" / "onnx"
 
 
-class HalfPrecision(nn.Module):
-    """A generator computing in float16 behind float32 inputs and outputs (for strongly typed TensorRT)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = copy.deepcopy(model).half()
-
-    def forward(self, faces: torch.Tensor, mels: torch.Tensor) -> torch.Tensor:
-        return self.model(faces.half(), mels.half()).float()
+def _file_hash(path: Path) -> str:
+    """16 hex digits of the SHA-256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, fp16: bool = False) -> Path:
-    """Export a generator to ONNX with a dynamic batch axis.
+def _index_entry(checkpoint: Path) -> Path:
+    return onnx_cache() / "files" / f"{_file_hash(checkpoint)}.json"
 
-    Inputs ``faces [N,6,S,S]`` and ``mels [N,1,80,16]`` (float32), output
-    ``frames [N,3,S,S]`` (float32). ``fp16=True`` stores the weights and
-    computes in float16 (casts at the inputs and the output): what a
-    strongly typed TensorRT network (TensorRT ≥ 10; the only kind in 11)
-    builds as an FP16 engine. The model is traced on the device its
-    parameters are on. Raises :class:`BackendError` if the export fails.
+
+def cached_export(checkpoint: str | Path) -> tuple[Path, GeneratorInfo] | None:
+    """The cached float32 export of a checkpoint file and its generator's info, or ``None`` (module doc).
+
+    ``None`` when the file was never loaded here (or has changed since), or its entry does not parse,
+    names no export that still exists, or holds info of another shape. Raises FileNotFoundError /
+    OSError for a checkpoint that cannot be read.
     """
-    if opset < 17:
-        raise ValueError(f"opset {opset}: dubcam exports need opset 17 or newer")
-    size = model.info.size
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
-    faces, mels = example_inputs(2, size)
-    example = (torch.from_numpy(faces).to(device), torch.from_numpy(mels).to(device))
-    module = HalfPrecision(model.eval()).eval() if fp16 else Traced(model.eval()).eval()
-    tmp = path.with_suffix(".tmp.onnx")
+    entry = _index_entry(Path(checkpoint))
     try:
-        with torch.no_grad():
-            torch.onnx.export(module, example, str(tmp), input_names=["faces", "mels"],
-                              output_names=["frames"], opset_version=opset, dynamo=False,
-                              dynamic_axes={"faces": {0: "batch"}, "mels": {0: "batch"}, "frames": {0: "batch"}})
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise BackendError(f"ONNX export failed: {e}") from e
-    os.replace(tmp, path)
-    return path
+        meta = json.loads(entry.read_text())
+        if meta.get("format") != INDEX_FORMAT or meta.get("version") != 1:
+            return None
+        onnx_path = onnx_cache() / Path(meta["onnx"]).name
+        info = GeneratorInfo(**meta["info"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return (onnx_path, info) if onnx_path.is_file() else None
 
 
-def weights_hash(model: nn.Module) -> str:
-    """16 hex digits identifying a generator's kind, size and weights (names ONNX caches and engines)."""
-    h = hashlib.sha256(repr(model.info).encode())
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+def remember_export(checkpoint: str | Path, onnx_path: Path, info: GeneratorInfo) -> None:
+    """Record that ``checkpoint``'s generator is the export ``onnx_path`` (in :func:`onnx_cache`) with
+    ``info``, for :func:`cached_export`. Written to a temporary file and renamed (never half-written)."""
+    entry = _index_entry(Path(checkpoint))
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"format": INDEX_FORMAT, "version": 1, "onnx": Path(onnx_path).name,
+                               "info": dataclasses.asdict(info), "checkpoint": str(checkpoint)}))
+    os.replace(tmp, entry)
 
 
 def cpu_cores() -> int:
@@ -122,10 +117,6 @@ def session_options(threads: int | None = None):
     return so
 
 
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 class OnnxBackend:
     """Runs a generator in ONNX Runtime (see :class:`engine.backends.Backend`).
 
@@ -140,6 +131,9 @@ class OnnxBackend:
             the quality cost is measured by ``tools/bench.py``
             (:mod:`engine.backends.quantize`).
 
+    Attributes: ``export`` the float32 export, ``path`` the file the session runs (the INT8 one
+    with ``int8``), ``info``.
+
     Raises BackendError: the export failed, or no CUDA provider for ``device="cuda"``.
     """
 
@@ -152,15 +146,17 @@ class OnnxBackend:
         if onnx_path is None:
             if model is None:
                 raise ValueError("give a model or an onnx_path")
-            onnx_path = dubcam_home() / "cache" / "onnx" / f"{weights_hash(model)}.onnx"
+            from engine.backends.onnx_export import export_onnx, weights_hash
+
+            onnx_path = onnx_cache() / f"{weights_hash(model)}.onnx"
             if not onnx_path.is_file():
                 export_onnx(model, onnx_path)
         self.info = info or model.info
-        onnx_path = Path(onnx_path)
+        self.export = onnx_path = Path(onnx_path)
         if int8:
             from engine.backends import quantize
 
-            q = dubcam_home() / "cache" / "onnx" / f"{_file_hash(onnx_path)}.int8.onnx"
+            q = onnx_cache() / f"{_file_hash(onnx_path)}.int8.onnx"
             if not q.is_file():
                 batches = quantize.calibration_batches(self.info, quantize.CALIBRATION_VIDEO,
                                                        quantize.CALIBRATION_AUDIO)

@@ -105,7 +105,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, batches: list[tup
     """Write the INT8 QDQ version of a float32 export, calibrated on ``batches``.
 
     Args:
-        onnx_path: float32 export (:func:`engine.backends.onnx_backend.export_onnx`).
+        onnx_path: float32 export (:func:`engine.backends.onnx_export.export_onnx`).
         out_path: where to write the quantised model (atomically).
         batches: calibration inputs (:func:`calibration_batches`).
         for_tensorrt: symmetric INT8 activations and float biases, as

@@ -22,7 +22,10 @@ tensor API (``set_input_shape`` / ``set_tensor_address``). Larger chunks
 than the profile allows are run in pieces.
 
 Needs ``tensorrt`` ≥ 10 (``pip install tensorrt``; NVIDIA's wheels) and
-PyTorch with CUDA; ``torch_tensorrt`` for ``.ep`` builds.
+PyTorch with CUDA; ``torch_tensorrt`` for ``.ep`` builds. torch is imported
+where it is used, so that ``engine.backends.load`` can ask whether TensorRT
+is here (and find a build folder) without importing it: a CPU machine's
+start of an ONNX-cached generator never imports torch.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from engine.backends import BackendError
 from engine.models.info import GeneratorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,8 @@ def unavailable_reason() -> str | None:
     """Why the TensorRT backend cannot run here, or ``None`` when it can (cheap: imports nothing)."""
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU)"
+    import torch
+
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is False)"
     return None
@@ -55,7 +63,8 @@ def unavailable_reason() -> str | None:
 
 def engine_dir(model: torch.nn.Module) -> Path:
     """Where ``tools/export_trt.py`` puts the build of ``model`` by default and ``auto`` looks for it."""
-    from engine.backends.onnx_backend import dubcam_home, weights_hash
+    from engine.backends.onnx_backend import dubcam_home
+    from engine.backends.onnx_export import weights_hash
 
     return dubcam_home() / "engines" / weights_hash(model)
 
@@ -100,6 +109,8 @@ def read_build(path: str | Path) -> dict:
 
 def running_gpu(device: str | torch.device = "cuda") -> dict[str, str]:
     """``{"gpu": name, "compute_capability": "8.9"}`` of a CUDA device."""
+    import torch
+
     device = torch.device(device)
     major, minor = torch.cuda.get_device_capability(device)
     return {"gpu": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
@@ -149,6 +160,8 @@ class TensorRTBackend:
         why = unavailable_reason()
         if why:
             raise BackendError(why)
+        import torch
+
         meta = read_build(json_path)
         self.meta = meta
         self.info = GeneratorInfo(**meta["info"])
@@ -163,6 +176,7 @@ class TensorRTBackend:
     # -- a serialized TensorRT engine ------------------------------------------------
     def _init_engine(self, path: Path) -> None:
         import tensorrt as trt
+        import torch
 
         errors, warnings = check_build(self.meta, running_gpu(self.device), trt.__version__)
         for w in warnings:
@@ -192,6 +206,8 @@ class TensorRTBackend:
         self._run = self._run_engine
 
     def _run_engine(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
+        import torch
+
         n, S = len(faces), self.info.size
         h, d = self._host, self._dev
         h["faces"][:n].copy_(torch.from_numpy(faces))
@@ -210,6 +226,7 @@ class TensorRTBackend:
     # -- a torch-tensorrt ExportedProgram ---------------------------------------------
     def _init_torch_tensorrt(self, path: Path) -> None:
         import tensorrt as trt
+        import torch
         import torch_tensorrt  # registers the TensorRT runtime ops the saved program calls
 
         errors, warnings = check_build(self.meta, running_gpu(self.device), trt.__version__)
@@ -221,9 +238,10 @@ class TensorRTBackend:
         self._stream = torch.cuda.Stream(self.device)
         self._run = self._run_module
 
-    @torch.inference_mode()
     def _run_module(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
-        with torch.cuda.stream(self._stream):
+        import torch
+
+        with torch.inference_mode(), torch.cuda.stream(self._stream):
             f = torch.from_numpy(faces).pin_memory().to(self.device, non_blocking=True)
             m = torch.from_numpy(mels).pin_memory().to(self.device, non_blocking=True)
             out = self._module(f, m).float().cpu()
@@ -242,4 +260,6 @@ class TensorRTBackend:
 
 
 def _torch_dtype(np_dtype) -> torch.dtype:
+    import torch
+
     return torch.from_numpy(np.zeros(1, dtype=np_dtype)).dtype

@@ -12,17 +12,29 @@ file and how to build the model from it. Everything is read with
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from engine.checkpoints import CheckpointError, describe, safe_load
-from engine.models import generator, wav2lip
 from engine.models.info import GeneratorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["GENERATOR_FORMATS", "GeneratorInfo", "load"]
 
-GENERATOR_FORMATS = (generator.CHECKPOINT, wav2lip.CHECKPOINT)
-"""The generator checkpoint formats ``load`` reads, in the order they are tried."""
+
+def __getattr__(name: str):
+    """``GENERATOR_FORMATS``, the generator checkpoint formats ``load`` reads, in the order they are tried.
+
+    Built on first use, so that importing this package (and ``engine.models.info``) does not import
+    torch: the start of a generator from its cached ONNX export (``engine.backends.onnx_backend``)
+    needs only :class:`GeneratorInfo`.
+    """
+    if name == "GENERATOR_FORMATS":
+        from engine.models import generator, wav2lip
+
+        formats = globals()["GENERATOR_FORMATS"] = (generator.CHECKPOINT, wav2lip.CHECKPOINT)
+        return formats
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load(path: str | Path) -> torch.nn.Module:
@@ -37,6 +49,9 @@ def load(path: str | Path) -> torch.nn.Module:
     for a file of any other kind (the message says what it is), one from a
     newer dubcam, or one whose weights do not fit.
     """
+    from engine.checkpoints import CheckpointError, describe, safe_load
+    from engine.models import GENERATOR_FORMATS
+
     obj = safe_load(path)
     for fmt in GENERATOR_FORMATS:
         if fmt.recognise(obj):
