@@ -56,21 +56,29 @@ PASTE_MASK_POINTS = LIP_OUTER_POINTS + LOWER_FACE_OVAL_POINTS
 # yaw, by cos(yaw), as the mouth's width does). Measured on GRID (frontal): the nose tip
 # (point 1) lies 0.30 IOD above the top of the upper lip (point 0), the subnasale (2) 0.22 IOD,
 # the chin (152) 0.36 IOD below the lower lip's lowest point (17).
-MASK_GROW_UP = 0.06
+MASK_GROW_UP = 0.05
 """Growth of the hull upwards: the upper lip rises a little when the mouth opens (about 5 mm,
 0.05 IOD); kept small, because together with :data:`MASK_FEATHER` it must stay below the
 nose tip (0.30 IOD above the lip), which is never pasted."""
-MASK_GROW_DOWN = 0.35
-"""Growth downwards: the generated jaw may drop further than the input's. A wide speech opening
-is about 30 mm (0.33 IOD of about 90 mm), and the chin drops with it, so a closed input mouth
-still leaves room for a fully open generated one. Cut off by the crop's bottom edge."""
-MASK_GROW_SIDE = 0.08
-"""Growth sideways: covers the jaw outline with a margin (landmark noise, the corners moving out
-in a smile or an "ee")."""
-MASK_FEATHER = 0.18
+MASK_GROW_DOWN = 0.22
+"""Growth downwards: the generated jaw may drop further than the input's. Measured with the
+bundled model on the seven held-out dub clips of ``tools/heldout_eval.py`` (MediaPipe on input and
+output): the generated chin (152) lies at most 0.09–0.15 IOD below the input's on six of them
+(95th percentiles 0.00–0.11), on the seventh, a small face whose generated mouth opens wide, up
+to 0.5 (95th percentile 0.41). Full weight to 0.22 IOD and the feather beyond keep such a jaw
+mostly inside; a larger growth (0.35 until this constant was measured) pastes the generator's
+soft neck, collar and background below the chin, where nothing changed. Cut off by the crop's
+bottom edge."""
+MASK_GROW_SIDE = 0.02
+"""Growth sideways: a margin over the jaw outline for landmark noise; the corners moving out in a
+smile or an "ee" stay well inside the jaw line. Beyond it lies the background, which the generator
+draws soft and which never changes, so it is kept small (0.08 before)."""
+MASK_FEATHER = 0.12
 """Width of the feather outside the grown hull, over which the mask falls from 1 to 0 (a
-smoothstep of the distance). Wide enough to hide a seam (about 12 px on a GRID face, 40 px on a
-1080p close-up), narrow enough that grow-up + feather (0.24 IOD) ends below the nose tip."""
+smoothstep of the distance). Wide enough to hide a seam (about 8 px on a GRID face, 27 px on a
+1080p close-up; the colour match and the detail paste leave little to hide), narrow enough that
+grow-up + feather (0.17 IOD) ends well below the nose tip and that little of the background
+beside the jaw is pasted (0.18 before)."""
 MASK_BORDER = 0.04
 """Width, as a fraction of the crop side, of the taper that takes the mask to 0 on the crop's
 border (so the box edge cannot show); small, because the chin sits close to the crop's bottom."""
