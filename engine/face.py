@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import math
-import threading
 
 import cv2
 import numpy as np
@@ -215,26 +214,6 @@ class OneEuroFilter:
         self._x = a * x + (1 - a) * self._x
         self._t = t
         return self._x
-
-
-def import_tracker_in_background() -> threading.Thread:
-    """Start importing MediaPipe's Tasks vision module (what :class:`FaceTracker` needs) in a daemon thread.
-
-    The import takes about a second on a 2-core CPU; a caller that has other start-up work (loading the
-    generator: ``realtime.options.pipeline_factory``) calls this first, so that the two overlap (about
-    0.4 s saved of 2.2 s measured under load). Python's import lock makes a :class:`FaceTracker` built
-    meanwhile wait for the import to finish. Returns the started thread; an import error is left for
-    :class:`FaceTracker` to raise.
-    """
-    def run():
-        try:
-            import mediapipe.tasks.python.vision  # noqa: F401
-        except Exception:  # FaceTracker will raise it where the caller can see it
-            pass
-
-    thread = threading.Thread(target=run, name="import-mediapipe", daemon=True)
-    thread.start()
-    return thread
 
 
 class FaceTracker:

@@ -56,10 +56,8 @@ def pipeline_factory(args):
     and what ``engine.backends.load`` raises for a bad checkpoint.
     """
     from engine import backends
-    from engine.face import import_tracker_in_background
     from realtime.pipeline import Pipeline, PipelineConfig
 
-    import_tracker_in_background()  # overlaps with the generator's load
     ckpt = args.checkpoint or DEFAULT_CHECKPOINT
     if args.checkpoint is None and not ckpt.is_file():
         raise FileNotFoundError(f"the bundled generator is missing ({ckpt}); pass --checkpoint PATH")

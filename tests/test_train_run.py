@@ -150,7 +150,7 @@ def test_default_cpu_config_is_the_bundled_recipe_and_resumes_old_checkpoints(gr
                        f"weights.syncnet={small_expert_checkpoint}"])
     assert cfg["loss"] == {"l1": 10.0, "l1_lower_weight": 3.0, "grad": 5.0, "gan": 0.1, "gan_start": 600,
                            "perceptual": 0.0, "sync": 0.3, "sync_start": 300, "opening": 0.0,
-                           "opening_amplitude": 0.0, "lips": 1.0}
+                           "opening_amplitude": 0.0, "lips": 1.0, "mouth": 0.0}
     assert (cfg["lr"], cfg["k"], cfg["model"]["size"], cfg["model"]["decoder"]) == (3e-4, 5, 96, "warp")
     assert (cfg["audio_encoder"], cfg["sync"]["kind"], cfg["disc_region"], cfg["augment"]) == \
            ("expert", "syncnet", "lower", True)
