@@ -131,8 +131,9 @@ def load(model_or_path: torch.nn.Module | str | Path, kind: str = "auto", device
         if why["tensorrt"]:
             raise BackendError(f"{model_or_path} is a TensorRT build, but {why['tensorrt']}")
         return trt_backend.TensorRTBackend(built, device=device, **options)
-    onnx = kind == "onnxruntime" or (kind == "auto" and why["onnxruntime"] is None and (int8 or why["tensorrt"]))
-    if path is not None and onnx and why["onnxruntime"] is None and path.is_file():
+    # ONNX Runtime for sure (auto takes TensorRT only without int8, when it is here and has an engine)
+    onnx = why["onnxruntime"] is None and (kind == "onnxruntime" or (kind == "auto" and (int8 or why["tensorrt"])))
+    if path is not None and onnx and path.is_file():
         from engine.backends import onnx_backend
 
         cached = onnx_backend.cached_export(path)  # a file loaded here before: no torch, no checkpoint load
