@@ -65,7 +65,8 @@ def test_auto_and_errors(small_generator):
         backends.load(small_generator, "torch", fp16=True)
 
 
-def test_a_checkpoint_loaded_once_starts_from_its_cached_export_without_torch(small_checkpoint, tmp_path):
+def test_a_checkpoint_loaded_once_starts_from_its_cached_export_without_torch(small_checkpoint, tmp_path,
+                                                                               monkeypatch):
     """engine.backends.onnx_backend's checkpoint index: the first load of a file exports it and records it;
     the next process starts from the export without importing torch and gives the same frames; a changed
     file, or an entry that does not parse, is loaded from the checkpoint again."""
@@ -106,8 +107,5 @@ def test_a_checkpoint_loaded_once_starts_from_its_cached_export_without_torch(sm
     assert start()[0][0] == "True" and start()[0][0] == "False"
     with open(ckpt, "ab") as f:  # another file (here: trailing bytes) has another hash
         f.write(b"\0")
-    os.environ["DUBCAM_HOME"], old = str(home), os.environ["DUBCAM_HOME"]
-    try:
-        assert onnx_backend.cached_export(ckpt) is None
-    finally:
-        os.environ["DUBCAM_HOME"] = old
+    monkeypatch.setenv("DUBCAM_HOME", str(home))
+    assert onnx_backend.cached_export(onnx_backend.index_entry(ckpt)) is None

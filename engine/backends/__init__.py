@@ -133,10 +133,12 @@ def load(model_or_path: torch.nn.Module | str | Path, kind: str = "auto", device
         return trt_backend.TensorRTBackend(built, device=device, **options)
     # ONNX Runtime for sure (auto takes TensorRT only without int8, when it is here and has an engine)
     onnx = why["onnxruntime"] is None and (kind == "onnxruntime" or (kind == "auto" and (int8 or why["tensorrt"])))
+    entry = None  # the checkpoint's cache entry, hashed once for the lookup and the record
     if path is not None and onnx and path.is_file():
         from engine.backends import onnx_backend
 
-        cached = onnx_backend.cached_export(path)  # a file loaded here before: no torch, no checkpoint load
+        entry = onnx_backend.index_entry(path)
+        cached = onnx_backend.cached_export(entry)  # a file loaded here before: no torch, no checkpoint load
         if cached is not None:
             return onnx_backend.OnnxBackend(onnx_path=cached[0], info=cached[1], device=device, int8=int8,
                                             **options)
@@ -167,5 +169,5 @@ def load(model_or_path: torch.nn.Module | str | Path, kind: str = "auto", device
 
     backend = onnx_backend.OnnxBackend(model, device=device, int8=int8, **options)
     if path is not None:
-        onnx_backend.remember_export(path, backend.export, model.info)
+        onnx_backend.remember_export(entry or onnx_backend.index_entry(path), path, backend.export, model.info)
     return backend

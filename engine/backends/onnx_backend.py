@@ -53,18 +53,16 @@ def _file_hash(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
-def _index_entry(checkpoint: Path) -> Path:
-    return onnx_cache() / "files" / f"{_file_hash(checkpoint)}.json"
+def index_entry(checkpoint: str | Path) -> Path:
+    """Where the cache entry of a checkpoint file lives: ``files/<SHA-256 of its bytes>.json`` (module doc).
+    Reads the whole file; raises FileNotFoundError / OSError for one that cannot be read."""
+    return onnx_cache() / "files" / f"{_file_hash(Path(checkpoint))}.json"
 
 
-def cached_export(checkpoint: str | Path) -> tuple[Path, GeneratorInfo] | None:
-    """The cached float32 export of a checkpoint file and its generator's info, or ``None`` (module doc).
-
-    ``None`` when the file was never loaded here (or has changed since), or its entry does not parse,
-    names no export that still exists, or holds info of another shape. Raises FileNotFoundError /
-    OSError for a checkpoint that cannot be read.
-    """
-    entry = _index_entry(Path(checkpoint))
+def cached_export(entry: Path) -> tuple[Path, GeneratorInfo] | None:
+    """The cached float32 export and the generator's info that a checkpoint's :func:`index_entry` names,
+    or ``None`` (module doc): the file was never loaded here (or has changed since), or its entry does not
+    parse, names no export that still exists, or holds info of another shape."""
     try:
         meta = json.loads(entry.read_text())
         if meta.get("format") != INDEX_FORMAT or meta.get("version") != 1:
@@ -76,10 +74,10 @@ def cached_export(checkpoint: str | Path) -> tuple[Path, GeneratorInfo] | None:
     return (onnx_path, info) if onnx_path.is_file() else None
 
 
-def remember_export(checkpoint: str | Path, onnx_path: Path, info: GeneratorInfo) -> None:
-    """Record that ``checkpoint``'s generator is the export ``onnx_path`` (in :func:`onnx_cache`) with
-    ``info``, for :func:`cached_export`. Written to a temporary file and renamed (never half-written)."""
-    entry = _index_entry(Path(checkpoint))
+def remember_export(entry: Path, checkpoint: str | Path, onnx_path: Path, info: GeneratorInfo) -> None:
+    """Record in ``entry`` (the checkpoint's :func:`index_entry`) that its generator is the export
+    ``onnx_path`` (in :func:`onnx_cache`) with ``info``, for :func:`cached_export`. Written to a temporary
+    file and renamed (never half-written)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = entry.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"format": INDEX_FORMAT, "version": 1, "onnx": Path(onnx_path).name,
