@@ -82,6 +82,14 @@ beside the jaw is pasted (0.18 before)."""
 MASK_BORDER = 0.04
 """Width, as a fraction of the crop side, of the taper that takes the mask to 0 on the crop's
 border (so the box edge cannot show); small, because the chin sits close to the crop's bottom."""
+PASTE_INTERPOLATION = cv2.INTER_CUBIC
+"""How the generated S×S face is enlarged to the face box in the frame (the mask and the detail
+weights stay bilinear: a cubic kernel overshoots [0, 1]). Bilinear upsampling is a triangle filter
+that damps the generator's finest detail: pasting a "perfect generator" (the input's own 96 px
+crop) back into four held-out GRID and web clips and scaling the frames back to the crop's scale
+(``engine.metrics.mouth_sharpness`` at 96 px) kept 0.43–0.48 of the lip box's Laplacian variance
+with bilinear, 0.62–0.68 with bicubic, 0.66–0.71 with Lanczos (8×8, 2.5× bicubic's time: about 2 ms
+against 0.8 ms for a 700 px face)."""
 _ARC_STEPS = 16
 """Vertices of the rounded growth shape: the hull's outward corners become steps of at most
 22.5°, so the half-plane distance (:func:`landmark_mask`) is short of the true distance by
@@ -332,17 +340,17 @@ class Compositor:
         w, h = x1 - x0, y1 - y0
         mask = self.mask_for(box, landmarks)
         # Only the part of the box whose resampled mask can be non-zero is blended (the rest would
-        # come out equal to the input anyway): the mask's support on the crop grid, one crop pixel
-        # wider on each side (bilinear upsampling reads the two nearest), in frame pixels.
+        # come out equal to the input anyway): the mask's support on the crop grid, two crop pixels
+        # wider on each side (bicubic upsampling reads the four nearest), in frame pixels.
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         if rows.size == 0:
             return out
         S_h, S_w = mask.shape
         h_img, w_img = frame.shape[:2]
-        cy0 = max(0, y0, y0 + int(np.floor((rows[0] - 0.5) * h / S_h - 0.5)))
-        cy1 = min(h_img, y1, y0 + int(np.ceil((rows[-1] + 1.5) * h / S_h + 0.5)))
-        cx0 = max(0, x0, x0 + int(np.floor((cols[0] - 0.5) * w / S_w - 0.5)))
-        cx1 = min(w_img, x1, x0 + int(np.ceil((cols[-1] + 1.5) * w / S_w + 0.5)))
+        cy0 = max(0, y0, y0 + int(np.floor((rows[0] - 1.5) * h / S_h - 0.5)))
+        cy1 = min(h_img, y1, y0 + int(np.ceil((rows[-1] + 2.5) * h / S_h + 0.5)))
+        cx0 = max(0, x0, x0 + int(np.floor((cols[0] - 1.5) * w / S_w - 0.5)))
+        cx1 = min(w_img, x1, x0 + int(np.ceil((cols[-1] + 2.5) * w / S_w + 0.5)))
         if cx1 <= cx0 or cy1 <= cy0:
             return out
         gen = face.astype(np.float32) * (255.0 if face.dtype != np.uint8 else 1.0)
@@ -360,13 +368,13 @@ class Compositor:
             m = (mask * np.float32(alpha))[..., None]
             k = keep[..., None]
             add = cv2.resize(m * (face_d - k * original), (w, h),
-                             interpolation=cv2.INTER_LINEAR)[sub]
+                             interpolation=PASTE_INTERPOLATION)[sub]
             drop = cv2.resize(np.repeat(m * (1.0 - k), gen.shape[-1], axis=2), (w, h),
                               interpolation=cv2.INTER_LINEAR)[sub]
             gen = region - region * drop
             gen += add
         else:
-            gen = cv2.resize(gen, (w, h), interpolation=cv2.INTER_LINEAR)[sub]
+            gen = cv2.resize(gen, (w, h), interpolation=PASTE_INTERPOLATION)[sub]
             # the mask resized per channel: numpy broadcasts a [h, w, 1] factor several times slower
             mask3 = np.repeat(mask[..., None], gen.shape[-1], axis=2)
             a = cv2.resize(mask3, (w, h), interpolation=cv2.INTER_LINEAR)[sub]
