@@ -14,7 +14,7 @@ from AV-HuBERT back to the generator.
 Frames are not kept whole: ``train.preprocess`` stores, per frame, the
 source pixels that the ROI reads (``roi_frames``, a ``region`` below) and
 their top-left source pixel (``roi_origin``). The paste only writes region
-pixels; bilinear sampling is linear, so nothing outside a region matters.
+pixels; the sampling is linear in the pixels, so nothing outside a region matters.
 Rounding aside (the compositor writes uint8 frames), the result equals
 ``Compositor.paste`` followed by the metrics' ROI warp.
 """
@@ -36,13 +36,14 @@ def _pixel_centres(height: int, width: int, device, dtype) -> tuple[torch.Tensor
     return xs, ys
 
 
-def _sample(images: torch.Tensor, x: torch.Tensor, y: torch.Tensor, padding: str) -> torch.Tensor:
-    """Bilinear ``images`` ``[N, C, H, W]`` at pixel coordinates ``x, y`` ``[N, h, w]`` (pixel centres
-    at integers) → ``[N, C, h, w]``."""
+def _sample(images: torch.Tensor, x: torch.Tensor, y: torch.Tensor, padding: str,
+            mode: str = "bilinear") -> torch.Tensor:
+    """``images`` ``[N, C, H, W]`` sampled (``mode``: ``"bilinear"`` or ``"bicubic"``, whose kernel
+    (a = −0.75) is ``cv2``'s ``INTER_CUBIC``) at pixel coordinates ``x, y`` ``[N, h, w]`` (pixel
+    centres at integers) → ``[N, C, h, w]``."""
     height, width = images.shape[-2:]
     grid = torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode=padding,
-                         align_corners=False)
+    return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode=padding, align_corners=False)
 
 
 def paste_faces(regions: torch.Tensor, origins: torch.Tensor, faces: torch.Tensor, boxes: torch.Tensor,
@@ -60,9 +61,10 @@ def paste_faces(regions: torch.Tensor, origins: torch.Tensor, faces: torch.Tenso
         mask: ``[S, S]`` paste mask (:func:`engine.compose.lower_face_mask`).
 
     Returns ``[N, 3, H, W]``: inside the box and the frame,
-    ``region + m·(face − region)`` with face and mask resized bilinearly
-    (half-pixel centres, edge clamp: ``cv2.resize`` ``INTER_LINEAR``) to the
-    box; the region elsewhere. Differentiable in ``faces`` (and ``regions``).
+    ``region + m·(face − region)`` with the face resized bicubically and the
+    mask bilinearly (half-pixel centres, edge clamp: ``cv2.resize``
+    ``INTER_CUBIC`` and ``INTER_LINEAR``) to the box, clipped to [0, 1] as the
+    compositor's uint8 frame is; the region elsewhere. Differentiable in ``faces`` (and ``regions``).
     """
     n, _, height, width = regions.shape
     size = faces.shape[-1]
@@ -76,10 +78,10 @@ def paste_faces(regions: torch.Tensor, origins: torch.Tensor, faces: torch.Tenso
     sy = (y - y0 + 0.5) * size / (y1 - y0) - 0.5
     inside = ((x >= x0) & (x < x1) & (y >= y0) & (y < y1) & (x >= 0) & (y >= 0)
               & (x < frame_sizes[:, 0, None, None]) & (y < frame_sizes[:, 1, None, None]))
-    pasted = _sample(faces, sx, sy, "border")
+    pasted = _sample(faces, sx, sy, "border", "bicubic")  # as Compositor enlarges (compose.PASTE_INTERPOLATION)
     alpha = _sample(mask.to(faces)[None, None].expand(n, 1, size, size), sx, sy, "border")
     alpha = alpha * inside[:, None].to(alpha.dtype)
-    return regions + alpha * (pasted - regions)
+    return (regions + alpha * (pasted - regions)).clamp(0.0, 1.0)  # the bicubic kernel overshoots; cv2 clips
 
 
 def mouth_rois(regions: torch.Tensor, origins: torch.Tensor, affines: torch.Tensor) -> torch.Tensor:
