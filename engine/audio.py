@@ -274,15 +274,17 @@ def window_start(t: float, mel_offset_s: float) -> int:
     return math.floor(MEL_FPS * (t + mel_offset_s) + 1e-9)
 
 
-def mel_window(mel: np.ndarray, t: float, mel_offset_s: float) -> np.ndarray:
-    """The ``[80, 16]`` window of a batch mel ``[80, F]`` for a frame at ``t`` s.
+def mel_window(mel: np.ndarray, t: float, mel_offset_s: float, context: int = 0) -> np.ndarray:
+    """The ``[80, 16]`` window of a batch mel ``[80, F]`` for a frame at ``t`` s; with ``context``
+    (``GeneratorInfo.mel_context``) the ``context`` frames before it too: ``[80, context + 16]``.
 
     Frames before 0 or past the end are silence (-4): the speech is padded
     with silence, never wrapped.
     """
-    s = window_start(t, mel_offset_s)
-    out = np.full((N_MELS, MEL_WINDOW), MEL_SILENCE, dtype=np.float32)
-    a, b = max(s, 0), min(s + MEL_WINDOW, mel.shape[1])
+    s = window_start(t, mel_offset_s) - context
+    width = MEL_WINDOW + context
+    out = np.full((N_MELS, width), MEL_SILENCE, dtype=np.float32)
+    a, b = max(s, 0), min(s + width, mel.shape[1])
     if b > a:
         out[:, a - s: b - s] = mel[:, a:b]
     return out

@@ -320,7 +320,8 @@ class Pipeline:
                                        np.stack([c.landmarks for c in chunk]),
                                        np.array([box_pixels(c.box) for c in chunk], np.float64))
         faces = generator_faces(np.stack([c.crop for c in chunk]), self._identity, self.info, lips)
-        mels = np.stack([self.mel.frames(c.mel_start, c.mel_start + MEL_WINDOW) for c in chunk])[:, None]
+        past = self.info.mel_context  # the generator's mel input: the window and the past before it
+        mels = np.stack([self.mel.frames(c.mel_start - past, c.mel_start + MEL_WINDOW) for c in chunk])[:, None]
         missing = sum(not self.mel.closed and self.mel.n_frames < c.mel_start + MEL_WINDOW for c in chunk)
         if missing:
             self.stats.count("audio_late", missing)
@@ -345,7 +346,7 @@ class Pipeline:
         if self._pending:
             oldest = min((f.mel_start for f in self._pending if f.box is not None), default=None)
             if oldest is not None:
-                self.mel.discard_before(max(0, oldest))
+                self.mel.discard_before(max(0, oldest - self.info.mel_context))
 
     def _emit(self, f: _Frame, image: np.ndarray | None, compute_s: float) -> None:
         wait = max(0.0, self._clock - f.t)

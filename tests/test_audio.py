@@ -72,6 +72,10 @@ def test_mel_window_positions():
     assert np.array_equal(mel_window(mel, 1.0, -0.1), mel[:, 72:88])
     w0 = mel_window(mel, 0.0, -0.1)
     assert np.all(w0[:, :8] == MEL_SILENCE) and np.array_equal(w0[:, 8:], mel[:, :8])
+    # with past context (GeneratorInfo.mel_context): the frames before the window, the window last
+    assert np.array_equal(mel_window(mel, 1.0, -0.1, 19), mel[:, 53:88])
+    w0 = mel_window(mel, 0.0, -0.1, 19)
+    assert w0.shape == (80, 35) and np.all(w0[:, :27] == MEL_SILENCE) and np.array_equal(w0[:, 27:], mel[:, :8])
 
 
 @pytest.mark.parametrize("rel,rate", [

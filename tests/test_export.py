@@ -36,7 +36,7 @@ def _onnx_vs_torch(model, path) -> float:
     assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch axis
     worst = 0.0
     for n in (1, 5):
-        faces, mels = example_inputs(n, model.info.size, seed=n)
+        faces, mels = example_inputs(n, model.info.size, seed=n, mel_frames=model.info.mel_frames)
         got = session.run(["frames"], {"faces": faces, "mels": mels})[0]
         with torch.no_grad():
             ref = model(torch.from_numpy(faces), torch.from_numpy(mels)).numpy()
@@ -166,3 +166,13 @@ def test_tensorrt_fp16_engine_matches_pytorch(tmp_path, small_generator, via):
     # auto prefers the engine when it sits where export_trt puts it by default
     assert export_trt.main(["--checkpoint", str(ckpt), "--fp16", "--via", via, "-q"]) == 0
     assert backends.load(ckpt).name == "tensorrt"
+
+
+def test_onnx_export_of_a_generator_with_past_audio_matches_pytorch(tmp_path):
+    """lip_context: the exported model takes the wider mel input [N, 1, 80, 35] and gives torch's frames."""
+    torch.manual_seed(0)
+    g = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", decoder="warp", lip_sketch=True,
+                                  lip_predictor="resting", lip_context=3)).eval()
+    torch.nn.init.normal_(g.lip_delta[-1].weight, std=0.05)  # predicted lips that move with the audio
+    path = export_onnx(g, tmp_path / "g.onnx")
+    assert _onnx_vs_torch(g, path) < 1e-4

@@ -312,3 +312,39 @@ def test_resting_lip_predictor_reads_the_resting_shape_and_starts_at_it():
         a = gen(inputs[0], mels, return_lips=True)[1] - torch.from_numpy(closed[0])[None]
         b = gen(inputs[1], mels, return_lips=True)[1] - torch.from_numpy(opened[0])[None]
     assert float((a - b).abs().max()) > 1e-4  # the displacement depends on the resting shape
+
+
+def test_lip_context_hears_past_windows_for_the_lips_only():
+    """lip_context=3: the mel input is 19 frames of past audio before the 0.2 s window (the windows 0.24, 0.16 and
+    0.08 s earlier: starts 0, 6, 13, 19); changing only that past changes the predicted lips, not the decoder's
+    audio, so with the sketch given (teacher forcing) the image is the same; a mel of another width is refused,
+    and lip_context needs a resting lip predictor."""
+    from conftest import mean_identity_lips
+    from engine.inputs import generator_input
+
+    cfg = dict(size=96, width=0.125, audio="expert", decoder="warp", lip_sketch=True, lip_predictor="resting")
+    with pytest.raises(ValueError, match="lip_context"):
+        GeneratorConfig(**{**cfg, "lip_predictor": "bottleneck"}, lip_context=3)
+    assert GeneratorConfig(**cfg).context_starts() == [0] and Generator(GeneratorConfig(**cfg)).info.mel_frames == 16
+    config = GeneratorConfig(**cfg, lip_context=3)
+    assert config.context_starts() == [0, 6, 13, 19]
+    torch.manual_seed(0)
+    gen = Generator(config).eval()
+    assert gen.info.mel_context == 19 and gen.info.mel_frames == 35 and gen.info.lookahead_s == pytest.approx(0.125)
+    torch.nn.init.normal_(gen.lip_delta[-1].weight, std=0.05)
+    rng = np.random.default_rng(0)
+    face = rng.random((2, 3, 96, 96), dtype=np.float32)
+    faces = torch.from_numpy(generator_input(face, face[0], mean_identity_lips()))
+    mels = torch.from_numpy(rng.uniform(-4, 0, (2, 1, 80, 35)).astype(np.float32))
+    other = mels.clone()
+    other[..., :19] = torch.from_numpy(rng.uniform(-4, 0, (2, 1, 80, 19)).astype(np.float32))
+    with torch.no_grad():
+        audio, heard = gen.hear(mels)
+        assert audio.shape == (2, 64, 1, 1) and heard.shape == (2, 256, 1, 1)
+        assert torch.equal(heard[:, 192:], audio) and torch.equal(gen.hear(other)[0], audio)
+        (_, lips_a), (_, lips_b) = gen(faces, mels, return_lips=True), gen(faces, other, return_lips=True)
+        assert float((lips_a - lips_b).abs().max()) > 1e-4
+        drawn = torch.from_numpy(mean_identity_lips()[0]).expand(2, -1, -1)
+        assert torch.equal(gen(faces, mels, lips=drawn), gen(faces, other, lips=drawn))
+        with pytest.raises(ValueError, match="mels of 16 frames, this generator takes 35"):
+            gen(faces, mels[..., -16:])

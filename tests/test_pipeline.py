@@ -198,3 +198,38 @@ def test_file_driver_tracks_ahead_in_order_and_raises_source_errors(grid_frames)
         with pytest.raises(OSError, match="truncated"):
             list(ahead)
         ahead.close()
+
+
+def test_generator_with_past_audio_gets_the_window_and_the_past_before_it(grid_frames):
+    """A generator with lip_context (GeneratorInfo.mel_context = 19) gets mel inputs of 35 frames: the 0.2 s
+    window the pipeline gives any generator, last, and the 19 mel frames of audio before it (silence before
+    the stream's start); the lookahead, and so the wait for audio, does not change."""
+    from engine.audio import melspectrogram, mel_window
+    from engine.models.generator import Generator, GeneratorConfig
+
+    frames, audio = grid_frames
+    gen = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", lip_sketch=True, lip_predictor="resting",
+                                    lip_context=3)).eval()
+    seen = []
+
+    class Recording:  # the ONNX Runtime backend, recording the mel inputs
+        def __init__(self, backend):
+            self.backend, self.info = backend, backend.info
+
+        def run(self, faces, mels):
+            seen.append(mels.copy())
+            return self.backend.run(faces, mels)
+
+    p = Pipeline(Recording(backends.load(gen, "onnxruntime")), PipelineConfig(chunk=5))
+    try:
+        out = feed(p, frames[:30], audio[: 30 * 640])
+    finally:
+        p.close()
+    assert len(out) == 30 and all(f.generated for f, _ in out)
+    assert p.info.lookahead_s == pytest.approx(0.125)
+    mels = np.concatenate(seen)[:, 0]
+    assert mels.shape == (30, 80, 35)
+    batch = melspectrogram(audio[: 30 * 640])
+    for i in (0, 3, 20):  # the batch mel's windows (the stream's mel equals it within 2e-6 before its end)
+        assert np.abs(mels[i] - mel_window(batch, i / 25, -0.1, 19)).max() < 1e-4
+    assert np.all(mels[0][:, :27] == -4.0)  # before the first sample: silence

@@ -57,3 +57,24 @@ def test_cli_writes_a_generator_that_loads_and_refuses_a_generator_without_a_ske
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("train.lips: error: the generator has no lip sketch")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_fit_lips_with_past_audio(grid_train_data, sketch_generator):
+    """lip_context=3: the samples carry the embeddings of the frame's window and of the three before it, the
+    new predictor reads them, beats the resting shape on its training clips, and the generator it is put into
+    takes 35-frame mel inputs; every other weight is the source's."""
+    from train.data import load_clips
+
+    source = load(str(sketch_generator))
+    new, report = fit_lips(source, grid_train_data, steps=1000, batch_size=64, references=2, progress=False,
+                           calibration_windows=32, lip_context=3)
+    assert new.config.lip_context == 3 and new.info.mel_frames == 35
+    samples = lip_samples(new, load_clips(grid_train_data, "train"), 2, np.random.default_rng(1), progress=False)
+    width = source.audio_encoder(torch.zeros(1, 1, 80, 16)).shape[1]
+    assert samples["audio"].shape[-1] == 4 * width
+    scores = lip_scores(new, samples)
+    assert scores["error_px"] < 0.9 * scores["resting_error_px"]
+    old = source.state_dict()
+    for key, value in new.state_dict().items():
+        if not key.startswith("lip_delta.") and key != "lip_gain":
+            assert torch.equal(value, old[key]), key

@@ -145,7 +145,7 @@ def flops_per_frame(model: torch.nn.Module) -> float:
     """FLOPs of one frame (batch 1) counted by torch.utils.flop_counter (2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    faces, mels = example_inputs(1, model.info.size)
+    faces, mels = example_inputs(1, model.info.size, mel_frames=model.info.mel_frames)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.from_numpy(faces), torch.from_numpy(mels))
@@ -171,7 +171,7 @@ def matmul_peak(device: str = "cpu", dtype=torch.float32, n: int = 2048, repeats
 
 def time_backend(backend, size: int, batch: int, repeats: int) -> float:
     """Median seconds of ``backend.run`` on a chunk of ``batch`` random frames."""
-    faces, mels = example_inputs(batch, size)
+    faces, mels = example_inputs(batch, size, mel_frames=backend.info.mel_frames)
     for _ in range(2):
         backend.run(faces, mels)
     times = []

@@ -103,7 +103,7 @@ def calibration_videos(data: Path) -> list[Path]:
 
 
 def build_tensorrt(onnx_path: Path, engine_path: Path, size: int, max_batch: int, opt_batch: int,
-                   timing_cache: Path, workspace_gib: float) -> None:
+                   timing_cache: Path, workspace_gib: float, mel_frames: int = 16) -> None:
     """Build a serialized engine from an ONNX file with the TensorRT (≥ 10) Python API.
 
     Strongly typed network (precision comes from the ONNX file: float32,
@@ -124,7 +124,7 @@ def build_tensorrt(onnx_path: Path, engine_path: Path, size: int, max_batch: int
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     profile = builder.create_optimization_profile()
-    for name, shape in (("faces", (6, size, size)), ("mels", (1, 80, 16))):
+    for name, shape in (("faces", (6, size, size)), ("mels", (1, 80, mel_frames))):
         profile.set_shape(name, (1, *shape), (opt_batch, *shape), (max_batch, *shape))
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
@@ -147,13 +147,14 @@ def build_torch_tensorrt(model: torch.nn.Module, path: Path, fp16: bool, max_bat
 
     size = model.info.size
     module = (HalfPrecision(model) if fp16 else model).eval().cuda()
-    example = tuple(torch.from_numpy(a).cuda() for a in example_inputs(opt_batch, size))
+    example = tuple(torch.from_numpy(a).cuda() for a in example_inputs(opt_batch, size,
+                                                                       mel_frames=model.info.mel_frames))
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     dynamic = {"faces": {0: batch}, "mels": {0: batch}}
     program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=False)
     inputs = [torch_tensorrt.Input(min_shape=(1, *shape), opt_shape=(opt_batch, *shape),
                                    max_shape=(max_batch, *shape), dtype=torch.float32)
-              for shape in ((6, size, size), (1, 80, 16))]
+              for shape in ((6, size, size), (1, 80, model.info.mel_frames))]
     log.info("compiling with torch-tensorrt %s (batch 1..%d, optimum %d)", torch_tensorrt.__version__,
              max_batch, opt_batch)
     compiled = torch_tensorrt.dynamo.compile(program, inputs=inputs, min_block_size=1,
@@ -250,7 +251,7 @@ def export(args) -> int:
     if args.via == "tensorrt":
         engine_path = out / "generator.engine"
         build_tensorrt(build_onnx, engine_path, info.size, args.max_batch, opt_batch, timing_cache,
-                       args.workspace_gib)
+                       args.workspace_gib, info.mel_frames)
     else:
         engine_path = out / "generator.ep"
         build_torch_tensorrt(model, engine_path, args.fp16, args.max_batch, opt_batch, timing_cache)

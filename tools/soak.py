@@ -2,6 +2,7 @@
 
     python -m tools.soak [--serve-seconds 1800] [--cam-seconds 600] [--clients 2] [--stay 20] ...
     python -m tools.soak client URL [--seconds 30]        one aiortc client (tests kill it mid-call)
+    python -m tools.soak glass [--seconds 20]             a frame's round trip through serve --webrtc
 
 Phase 1 runs ``realtime serve --webrtc`` and ``--clients`` aiortc clients
 that send real clips and speech from ``../shared/data`` paced in real time
@@ -56,6 +57,8 @@ CLIPS = ("video/grid_bbaf2n.mpg", "video/grid_brbk7n.mpg", "video/grid_lbax4n.mp
 SPEECH = ("audio/cmuarctic_a0007.wav", "audio/ljspeech_LJ001-0001.wav", "audio/librivox_ss01_0870.wav")
 REALTIME = [sys.executable, "-m", "realtime.cli"]
 REDIAL_S = 2.0  # a client calls again this long after hanging up (the service frees a slot in ~1 s)
+STAMP_BITS = 12  # frame numbers of FrameStamps, modulo 4096 (164 s at 25 fps)
+STAMP_CELL = 16  # pixels per square of a FrameStamps stamp
 BUSY_RETRIES = 3  # a call refused with 503 is retried this often, 1 s apart, before it counts as refused
 
 
@@ -67,11 +70,12 @@ def _tracks():
     import av
 
     class ClipTrack(aiortc.VideoStreamTrack):
-        """The frames of a real clip (``[n, H, W, 3]`` uint8 RGB), looped, at 25 fps in real time."""
+        """The frames of a real clip (``[n, H, W, 3]`` uint8 RGB), looped, at 25 fps in real time; with
+        ``stamps`` (:class:`FrameStamps`) each frame carries its number and its send time is kept."""
 
-        def __init__(self, frames: np.ndarray):
+        def __init__(self, frames: np.ndarray, stamps: FrameStamps | None = None):
             super().__init__()
-            self.frames, self.n, self.start = frames, 0, None
+            self.frames, self.n, self.start, self.stamps = frames, 0, None, stamps
 
         async def recv(self):
             if self.start is None:
@@ -79,7 +83,10 @@ def _tracks():
             wait = self.start + self.n / 25 - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            frame = av.VideoFrame.from_ndarray(self.frames[self.n % len(self.frames)], format="rgb24")
+            image = self.frames[self.n % len(self.frames)]
+            if self.stamps is not None:
+                image = self.stamps.send(image, self.n)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts, frame.time_base = self.n * 3600, fractions.Fraction(1, 90000)
             self.n += 1
             return frame
@@ -104,6 +111,61 @@ def _tracks():
             return frame
 
     return ClipTrack, SpeechTrack
+
+
+class FrameStamps:
+    """Frame numbers written into the pixels of sent frames and read back from the frames that return,
+    for the round trip of a frame through a call (``glass``).
+
+    The number (:data:`STAMP_BITS` bits, and a 4-bit checksum) is a row of black and white
+    :data:`STAMP_CELL`-pixel squares along the frame's top right edge, away from the face and from the
+    live badge (top left): flat squares that VP8 keeps at any bitrate of a call. ``send`` stamps a copy and
+    notes the time (``time.monotonic()``); ``receive`` reads a returned frame and notes its round trip in
+    ``rtt_s`` (frames whose stamp does not read, or that were not sent, are counted in ``unread``).
+    """
+
+    def __init__(self):
+        self.sent: dict[int, float] = {}
+        self.rtt_s: list[float] = []
+        self.unread = 0
+
+    @staticmethod
+    def cells(width: int) -> list[slice]:
+        n = STAMP_BITS + 4
+        x0 = width - n * STAMP_CELL
+        if x0 < 0:
+            raise ValueError(f"a {width} px wide frame is too narrow for the {n}-cell stamp")
+        return [np.s_[0:STAMP_CELL, x0 + i * STAMP_CELL: x0 + (i + 1) * STAMP_CELL] for i in range(n)]
+
+    @staticmethod
+    def _bits(number: int) -> list[int]:
+        bits = [(number >> i) & 1 for i in range(STAMP_BITS)]
+        check = sum((number >> i) & 15 for i in range(0, STAMP_BITS, 4)) & 15
+        return bits + [(check >> i) & 1 for i in range(4)]
+
+    def send(self, image: np.ndarray, n: int) -> np.ndarray:
+        """A copy of ``image`` (H×W×3 uint8) stamped with ``n`` (mod 2^:data:`STAMP_BITS`)."""
+        number = n % (1 << STAMP_BITS)
+        out = image.copy()
+        for cell, bit in zip(self.cells(image.shape[1]), self._bits(number)):
+            out[cell] = 235 if bit else 16
+        self.sent[number] = time.monotonic()
+        return out
+
+    def read(self, image: np.ndarray) -> int | None:
+        """The number stamped in ``image``, or None when the stamp (or its checksum) does not read."""
+        q = STAMP_CELL // 4
+        bits = [int(image[cell][q:-q, q:-q].mean() > 125) for cell in self.cells(image.shape[1])]
+        number = sum(b << i for i, b in enumerate(bits[:STAMP_BITS]))
+        return number if bits == self._bits(number) else None
+
+    def receive(self, image: np.ndarray) -> None:
+        number = self.read(image)
+        sent = self.sent.pop(number, None) if number is not None else None
+        if sent is None:
+            self.unread += 1
+        else:
+            self.rtt_s.append(time.monotonic() - sent)
 
 
 def load_media(i: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,12 +200,14 @@ class Call:
 
 
 async def call(url: str, frames: np.ndarray, speech: np.ndarray, seconds: float, token: str | None = None,
-               send_only: bool = False, on_connected=None, profile: str | None = None) -> Call:
+               send_only: bool = False, on_connected=None, profile: str | None = None,
+               stamps: FrameStamps | None = None) -> Call:
     """One client: offer the clip and the speech, stay ``seconds`` after the answer, hang up (``pc.close()``).
 
     ``send_only``: the offer's transceivers are ``sendonly`` (the peer wants nothing back).
     ``on_connected``: called once the peer connection is ``connected``.
     ``profile``: the personal model to ask for (``serve --profiles``).
+    ``stamps``: number the sent frames and time their return (:class:`FrameStamps`).
     """
     import aiohttp
     import aiortc
@@ -162,6 +226,8 @@ async def call(url: str, frames: np.ndarray, speech: np.ndarray, seconds: float,
                     return
                 result.frames += 1
                 result.shape = (frame.height, frame.width, 3)
+                if stamps is not None:
+                    stamps.receive(frame.to_ndarray(format="rgb24"))
                 if result.first_frame_s is None:
                     result.first_frame_s = time.monotonic() - t0
         if track.kind == "video":
@@ -172,7 +238,7 @@ async def call(url: str, frames: np.ndarray, speech: np.ndarray, seconds: float,
         if pc.connectionState == "connected" and on_connected is not None:
             on_connected()
 
-    for track in (ClipTrack(frames), SpeechTrack(speech)):
+    for track in (ClipTrack(frames, stamps), SpeechTrack(speech)):
         if send_only:
             pc.addTransceiver(track, direction="sendonly")
         else:
@@ -507,6 +573,88 @@ def run_client(argv: list[str]) -> int:
     return 0 if result.held else 1
 
 
+def run_glass(argv: list[str]) -> int:
+    """``glass``: how long a frame takes from a WebRTC client through ``realtime serve --webrtc`` and back.
+
+    One aiortc client on loopback sends clip 0 and speech 0 in real time, each frame numbered in its pixels
+    (:class:`FrameStamps`), and times every frame that comes back dubbed, from handing it to its track to
+    having it decoded: the glass-to-glass delay less the camera and the display. Beside it, the service's own
+    scheduled added latency (``GET /sessions``: each frame leaves that long after its capture), so that the
+    rest, WebRTC's share both ways (VP8 encoding and decoding twice, the loopback, the service's receive
+    timeline, aiortc's jitter buffer), is the difference. The first second of the call is left out
+    (connection and warm-up). Exit status 0 when frames came back, 1 when none did or the service failed.
+    """
+    import aiohttp
+
+    p = argparse.ArgumentParser(prog="python -m tools.soak glass", description=run_glass.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the call (default: 20)")
+    p.add_argument("--latency", type=float, default=None, help="the service's --latency (default: its own)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="generator (default: the bundled one)")
+    p.add_argument("--backend", default=None, help="inference backend (default: the command's default)")
+    p.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "dubcam-soak",
+                   help="folder for the service's log (default: TMPDIR/dubcam-soak)")
+    args = p.parse_args(argv)
+    if args.seconds <= 2:
+        print("soak glass: error: --seconds must be more than 2", file=sys.stderr)
+        return 2
+    args.logs.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cmd = [*REALTIME, "serve", "--webrtc", "--port", str(port), "--max-sessions", "1"]
+    cmd += (["--checkpoint", str(args.checkpoint)] if args.checkpoint else []) + (
+        ["--backend", args.backend] if args.backend else []) + (
+        ["--latency", str(args.latency)] if args.latency else [])
+    stamps, seen = FrameStamps(), []
+
+    async def drive() -> Call:
+        async with aiohttp.ClientSession() as http:
+            task = asyncio.ensure_future(call(url, *load_media(0), args.seconds, stamps=stamps))
+            while not task.done():
+                await asyncio.sleep(1.0)
+                if len(stamps.rtt_s) < 25:  # the first second of returned frames: connection and warm-up
+                    stamps.rtt_s.clear()
+                async with http.get(url + "sessions") as r:
+                    live = (await r.json())["sessions"]
+                if live and live[0]["latency_ms"]["p50"] is not None:
+                    seen.append(live[0])
+            return await task
+
+    server = subprocess.Popen(cmd, stdout=(args.logs / "glass-serve.log").open("w"), stderr=subprocess.STDOUT,
+                              cwd=ROOT)
+    try:
+        wait_port(port, server)
+        result = asyncio.run(drive())
+    except (FileNotFoundError, RuntimeError) as e:
+        print(f"soak glass: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    rtt = np.array(stamps.rtt_s) * 1000
+    if not result.held or rtt.size == 0:
+        print(f"soak glass: no numbered frame came back ({result.error or f'{result.frames} frames'})",
+              file=sys.stderr)
+        return 1
+    p50, p95 = np.percentile(rtt, [50, 95])
+    service = seen[-1]["latency_ms"] if seen else {"scheduled": float("nan"), "p50": float("nan"),
+                                                   "p95": float("nan")}
+    print(f"glass: {rtt.size} numbered frames back after the first second ({result.frames} received, "
+          f"{stamps.unread} unread), call of {args.seconds:g} s on loopback")
+    print(f"  round trip, client track → decoded back: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {rtt.max():.0f} ms")
+    print(f"  of which the service holds each frame its scheduled latency, {service['scheduled']:.0f} ms (its "
+          f"own measure of the added latency: p50 {service['p50']:.0f} ms, p95 {service['p95']:.0f} ms; "
+          f"GET /sessions)")
+    print(f"  WebRTC both ways (VP8 encode + decode twice, loopback, receive timeline, jitter buffer): "
+          f"p50 {p50 - service['scheduled']:.0f} ms, p95 {p95 - service['scheduled']:.0f} ms")
+    print("  not measured here: the camera (exposure and readout, up to a frame: 40 ms at 25 fps) and the "
+          "display (up to a refresh, 17 ms at 60 Hz, and the compositor)", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -534,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["client"]:
         return run_client(argv[1:])
+    if argv[:1] == ["glass"]:
+        return run_glass(argv[1:])
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the processes started are stopped
     if args.clients < 1 or args.every <= 0 or args.stay <= 0 or min(args.serve_seconds, args.cam_seconds) < 0:

@@ -60,6 +60,8 @@ class ModelConfig:
     lip_predictor: Literal[LIP_PREDICTORS] = _f("bottleneck", "what the lip sketch's predictor reads besides the "
                                                 "audio: bottleneck (the face features) | resting (the resting "
                                                 "lip shape; python -m train.lips fits it)")
+    lip_context: int = _f(0, "past mel windows (every 0.08 s) that a resting lip predictor also reads "
+                             "(GeneratorConfig.lip_context; 0: the frame's window alone)", min=0)
 
 
 @dataclass

@@ -183,6 +183,8 @@ class WindowDataset(torch.utils.data.Dataset):
             of the AV-HuBERT loss is not augmented: with ``context``, use
             ``Augment.off()`` or only the gain).
         lips: add the targets' lip and jaw landmarks (module doc).
+        mel_context: mel frames before each 0.2 s window that the generator also takes
+            (``GeneratorInfo.mel_context``): ``mels`` is then ``[k, 1, 80, 16 + mel_context]``.
 
     Raises ValueError: no usable clip, context asked of clips without ROI data, or lips of clips
     without landmarks.
@@ -190,7 +192,8 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __init__(self, clips: list[Clip] | list[ClipFile], k: int = 5, samples_per_epoch: int = 10_000, seed: int = 0,
                  mel_offset_s: float = -0.1, context: int = 0, sync_mel: bool = False,
-                 augment: Augment = Augment.off(), identity: str = "window", lips: bool = False):
+                 augment: Augment = Augment.off(), identity: str = "window", lips: bool = False,
+                 mel_context: int = 0):
         self.clips = [c for c in clips if c.n_frames >= 3 * k]
         if not self.clips:
             raise ValueError(f"no clip has the {3 * k} frames a window of k={k} needs")
@@ -202,6 +205,7 @@ class WindowDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{len(missing)} clips have no mouth-ROI data (e.g. {missing[0]}): "
                                  "re-run python -m train.preprocess to write it")
         self.k, self.n, self.seed, self.mel_offset_s = k, samples_per_epoch, seed, mel_offset_s
+        self.mel_context = mel_context
         if context and (augment.flip or augment.brightness or augment.contrast or augment.saturation):
             raise ValueError("the AV-HuBERT sync context is real video: flip and colour augmentation "
                              "would not match it (use only gain_db, or no augmentation)")
@@ -230,7 +234,7 @@ class WindowDataset(torch.utils.data.Dataset):
         target = aug.faces(clip.faces[t: t + self.k].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         ids = clip.faces[r: r + self.k] if self.identity == "window" else clip.faces[[r] * self.k]
         identity = aug.faces(ids.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-        mels = aug.mel(np.stack([mel_window(clip.mel, (t + i) / clip.fps, self.mel_offset_s)
+        mels = aug.mel(np.stack([mel_window(clip.mel, (t + i) / clip.fps, self.mel_offset_s, self.mel_context)
                                  for i in range(self.k)])[:, None])
         id_lips = None
         if self.lips:

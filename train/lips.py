@@ -11,7 +11,8 @@ this stage can be fitted on its own, on every frame of the data, in minutes
 on a CPU, and swapped into any generator that shares the audio encoder:
 
 1. every valid frame of the train and validation clips gives a sample: the
-   audio embedding of its mel window (with −``gain_db``, 0 and +``gain_db``
+   audio embedding of its mel window, and of the ``lip_context`` windows
+   before it (``Generator.hear``; with −``gain_db``, 0 and +``gain_db``
    of gain, ``train.augment``), the target's 33 tracked points
    (``train.data.window_lips``) and, for ``references`` random frames of the
    same clip as the identity reference, their resting shapes
@@ -61,24 +62,26 @@ def lip_samples(gen: Generator, clips, references: int, rng: np.random.Generator
                 progress: bool = True) -> dict[str, np.ndarray]:
     """The cached samples of ``clips`` (module doc, step 1).
 
-    Returns float32 arrays: ``audio`` ``[G, N, D]`` (G = 3 gains, N valid frames, D the audio embedding's
-    channels), ``lips`` ``[2, N, 33, 2]`` (as is, mirrored), ``resting`` ``[2, N, R, 33, 2]`` (R =
+    Returns float32 arrays: ``audio`` ``[G, N, D]`` (G = 3 gains, N valid frames, D the lip predictor's audio
+    channels: ``Generator.hear``, the embedding of the frame's window and of its ``lip_context`` past ones),
+    ``lips`` ``[2, N, 33, 2]`` (as is, mirrored), ``resting`` ``[2, N, R, 33, 2]`` (R =
     ``references``), and ``clip`` ``[N]`` int, the clip's index. Clips with fewer valid frames than
     ``references`` + 1 are skipped. Raises ValueError when no clip is left.
     """
     from tqdm import tqdm
 
     audio, lips, resting, index = [], [], [], []
-    encoder = gen.audio_encoder.eval()
+    gen.eval()
     for c, clip in enumerate(tqdm(clips, desc="audio embeddings", unit="clip", disable=not progress, leave=False)):
         frames = np.flatnonzero(clip.valid)
         if len(frames) <= references or clip.landmarks is None:
             continue
         refs = rng.choice(frames, size=references, replace=False)
-        mels = np.stack([mel_window(clip.mel, t / clip.fps, gen.info.mel_offset_s) for t in frames])[:, None]
+        mels = np.stack([mel_window(clip.mel, t / clip.fps, gen.info.mel_offset_s, gen.info.mel_context)
+                         for t in frames])[:, None]
         with torch.no_grad():
             audio.append(np.stack([
-                encoder(torch.from_numpy(gain(mels, g).astype(np.float32))).flatten(1)
+                gen.hear(torch.from_numpy(gain(mels, g).astype(np.float32)))[1].flatten(1)
                 .numpy() for g in (-gain_db, 0.0, gain_db)]))
         T = len(clip.valid)
         lips.append(np.stack([window_lips(clip, 0, T, flip)[frames] for flip in (False, True)]))
@@ -132,8 +135,10 @@ def lip_scores(gen: Generator, samples: dict[str, np.ndarray]) -> dict[str, floa
 
 def fit_lips(gen: Generator, data: str | Path, steps: int = 4000, batch_size: int = 256, lr: float = 1e-3,
              references: int = 4, seed: int = 0, progress: bool = True,
-             calibration_windows: int = CALIBRATION_WINDOWS) -> tuple[Generator, dict]:
-    """A copy of the lip-sketch generator ``gen`` with a fresh ``"resting"`` lip predictor fitted on ``data``
+             calibration_windows: int = CALIBRATION_WINDOWS,
+             lip_context: int | None = None) -> tuple[Generator, dict]:
+    """A copy of the lip-sketch generator ``gen`` with a fresh ``"resting"`` lip predictor (reading
+    ``lip_context`` past mel windows, ``GeneratorConfig.lip_context``; default: ``gen``'s) fitted on ``data``
     (a folder written by ``train.preprocess``; module doc), ``lip_gain`` calibrated on ``calibration_windows``
     training windows; and a report
     ``{"steps", "seconds", "train_frames", "val_frames", "val": scores, "best_step", "gain"}`` (scores of
@@ -149,7 +154,8 @@ def fit_lips(gen: Generator, data: str | Path, steps: int = 4000, batch_size: in
                          "predictor to fit")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    new = Generator(replace(gen.config, lip_predictor="resting"))
+    context = gen.config.lip_context if lip_context is None else lip_context
+    new = Generator(replace(gen.config, lip_predictor="resting", lip_context=context))
     own = {k: v for k, v in gen.state_dict().items() if not k.startswith("lip_delta.")}
     missing, unexpected = new.load_state_dict(own, strict=False)
     assert not unexpected and all(k.startswith("lip_delta.") for k in missing), (missing, unexpected)
@@ -191,7 +197,7 @@ def fit_lips(gen: Generator, data: str | Path, steps: int = 4000, batch_size: in
         new.lip_delta.load_state_dict(best_state)
     new.eval()
     windows = WindowDataset(train_clips, k=5, samples_per_epoch=calibration_windows, seed=seed + 1,
-                            identity="held", lips=True)
+                            identity="held", lips=True, mel_context=new.info.mel_context)
     gain = calibrate_lip_gain(new, windows, torch.device("cpu"))
     report = {"steps": steps, "seconds": round(time.perf_counter() - t0, 1), "train_frames": int(n),
               "val_frames": 0 if val is None else int(len(val["clip"])), "val": scores,
@@ -213,6 +219,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--references", type=int, default=4, help="identity reference frames drawn per clip")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lip-context", type=int, default=None, metavar="N",
+                   help="past mel windows (every 0.08 s) the new predictor also hears (GeneratorConfig.lip_context; "
+                        "default: the checkpoint's); the mel input grows by that much past audio, not lookahead")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the file, as the bundled one)")
     args = p.parse_args(argv)
@@ -224,7 +233,8 @@ def main(argv=None) -> int:
         gen = load_generator(source)
         if not isinstance(gen, Generator):
             raise ValueError(f"{source}: a dubcam generator is needed, found another kind")
-        new, report = fit_lips(gen, args.data, args.steps, args.batch_size, args.lr, args.references, args.seed)
+        new, report = fit_lips(gen, args.data, args.steps, args.batch_size, args.lr, args.references, args.seed,
+                               lip_context=args.lip_context)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         print(f"train.lips: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

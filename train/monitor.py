@@ -95,11 +95,11 @@ class Monitor:
             raise ValueError("AVSu needs validation clips with mouth-ROI data: re-run python -m train.preprocess")
 
     def _inputs(self, clip: Clip, n: int, mel_offset_s: float,
-                identity_lips: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                identity_lips: bool = False, mel_context: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         faces = clip.faces[:n].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         T = len(clip.valid)
         held = clip.faces[T // 2].transpose(2, 0, 1).astype(np.float32) / 255.0  # one reference, as the pipeline
-        mels = np.stack([mel_window(clip.mel, i / clip.fps, mel_offset_s) for i in range(n)])[:, None]
+        mels = np.stack([mel_window(clip.mel, i / clip.fps, mel_offset_s, mel_context) for i in range(n)])[:, None]
         lips = window_identity_lips(clip, 0, np.full(n, T // 2)) if identity_lips else None
         inputs = generator_input(faces, held, lips)
         return torch.from_numpy(inputs).to(self.device), torch.from_numpy(mels).to(self.device)
@@ -116,7 +116,7 @@ class Monitor:
                  "expert_conf": [], "expert_conf_real": []}
         for clip in self.clips:
             n = min(len(clip.valid), self.max_frames) // self.k * self.k
-            faces, mels = self._inputs(clip, n, gen.info.mel_offset_s, gen.info.identity_lips)
+            faces, mels = self._inputs(clip, n, gen.info.mel_offset_s, gen.info.identity_lips, gen.info.mel_context)
             fake = torch.cat([gen(faces[i: i + self.k], mels[i: i + self.k]) for i in range(0, n, self.k)])
             fake = fake.float().clamp(0, 1)
             real = torch.from_numpy(clip.faces[:n].transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(fake)

@@ -416,9 +416,10 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
             context = max(k, min(max(c.n_frames for c in train_clips), cfg["sync"]["max_context"]))
             log.info("sync context: whole clips, %d frames (the longest clip, at most sync.max_context=%d)",
                      context, cfg["sync"]["max_context"])
+    mel_context = GeneratorConfig(**cfg["model"]).context_starts()[-1]  # the lip predictor's past audio
     dataset = WindowDataset(train_clips, k=k, samples_per_epoch=10**9, seed=cfg["seed"], context=context,
                             sync_mel=sync_kind == "syncnet", augment=Augment() if cfg["augment"] else Augment.off(),
-                            identity=cfg["identity"], lips=cfg["model"]["lip_sketch"])
+                            identity=cfg["identity"], lips=cfg["model"]["lip_sketch"], mel_context=mel_context)
     log.info("data: %d train clips; sync loss %s; perceptual %s; %d process(es) on %s",
              len(train_clips), sync_kind, "on" if perceptual else "off", world, device)
 
@@ -451,7 +452,7 @@ def train(cfg: dict, resume: bool = False, overwrite: bool = False, on_step=None
     calibration = None
     if cfg["model"]["lip_sketch"]:
         calibration = WindowDataset(train_clips, k=k, samples_per_epoch=CALIBRATION_WINDOWS, seed=cfg["seed"] + 1,
-                                    identity=cfg["identity"], lips=True)
+                                    identity=cfg["identity"], lips=True, mel_context=mel_context)
 
     gen_step, disc_step = gen, disc
     if world > 1:

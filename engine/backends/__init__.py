@@ -30,15 +30,16 @@ if TYPE_CHECKING:
 KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
-def example_inputs(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random generator inputs: faces ``[n,6,S,S]`` in [0, 1] (pose lower half zeroed), mels ``[n,1,80,16]`` in [-4, 4].
+def example_inputs(n: int, size: int, seed: int = 0, mel_frames: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Random generator inputs: faces ``[n,6,S,S]`` in [0, 1] (pose lower half zeroed), mels
+    ``[n,1,80,mel_frames]`` (``GeneratorInfo.mel_frames``) in [-4, 4].
 
     float32; the same for the same ``seed``. For export checks and benchmarks.
     """
     rng = np.random.default_rng(seed)
     faces = generator_input(rng.random((n, 3, size, size), dtype=np.float32),
                             rng.random((n, 3, size, size), dtype=np.float32))
-    return faces, rng.random((n, 1, 80, 16), dtype=np.float32) * 8 - 4
+    return faces, rng.random((n, 1, 80, mel_frames), dtype=np.float32) * 8 - 4
 
 
 def max_diff(backend, model: torch.nn.Module, batches: tuple[int, ...] = (1, 5)) -> float:
@@ -53,7 +54,7 @@ def max_diff(backend, model: torch.nn.Module, batches: tuple[int, ...] = (1, 5))
     device = next(model.parameters()).device
     worst = 0.0
     for n in batches:
-        faces, mels = example_inputs(n, model.info.size, seed=n)
+        faces, mels = example_inputs(n, model.info.size, seed=n, mel_frames=model.info.mel_frames)
         with torch.no_grad():
             ref = model.eval()(torch.from_numpy(faces).to(device), torch.from_numpy(mels).to(device))
         worst = max(worst, float(np.abs(backend.run(faces, mels) - ref.float().cpu().numpy()).max()))
@@ -65,7 +66,8 @@ class Backend(Protocol):
 
     run(faces, mels):
         faces: ``[k, 6, S, S]`` float32 in [0, 1] RGB (pose reference,
-            identity reference), mels ``[k, 1, 80, 16]`` float32;
+            identity reference), mels ``[k, 1, 80, info.mel_frames]`` float32 (the
+            0.2 s window, after ``info.mel_context`` past frames);
         returns ``[k, 3, S, S]`` float32 in [0, 1] RGB.
     """
 

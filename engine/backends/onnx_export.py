@@ -60,7 +60,7 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17, fp16: bool 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
-    faces, mels = example_inputs(2, size)
+    faces, mels = example_inputs(2, size, mel_frames=model.info.mel_frames)
     example = (torch.from_numpy(faces).to(device), torch.from_numpy(mels).to(device))
     module = HalfPrecision(model.eval()).eval() if fp16 else Traced(model.eval()).eval()
     tmp = path.with_suffix(".tmp.onnx")

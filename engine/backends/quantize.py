@@ -75,7 +75,7 @@ def calibration_batches(info, video: str | Path, audio: str | Path | None = None
                 landmarks.append(face.landmarks)
                 boxes.append(box_pixels(face.box))
                 crops.append(crop(frame, face.box, info.size))
-                windows.append(mel_window(mel, t, info.mel_offset_s))
+                windows.append(mel_window(mel, t, info.mel_offset_s, info.mel_context))
             if len(crops) == chunks * k:
                 break
     if not crops:

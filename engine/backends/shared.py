@@ -46,7 +46,7 @@ class SharedBatches:
             chunk larger than that still runs, alone.
 
     ``run(faces, mels)`` has the backend's contract (faces ``[k, 6, S, S]``
-    float32 in [0, 1], mels ``[k, 1, 80, 16]`` float32 → ``[k, 3, S, S]``)
+    float32 in [0, 1], mels ``[k, 1, 80, info.mel_frames]`` float32 → ``[k, 3, S, S]``)
     and may be called from any number of threads at once; it blocks until
     its rows are back, and raises what the backend raised for that batch,
     or RuntimeError after :meth:`close`. ``stats``: ``calls`` (generator

@@ -195,7 +195,7 @@ class TensorRTBackend:
             raise BackendError(f"{path}: engine tensors {sorted(names)}, expected faces, mels, frames")
         self.max_batch = min(self.max_batch, self._engine.get_tensor_profile_shape("faces", 0)[2][0])
         S, B = self.info.size, self.max_batch
-        shapes = {"faces": (B, 6, S, S), "mels": (B, 1, 80, 16), "frames": (B, 3, S, S)}
+        shapes = {"faces": (B, 6, S, S), "mels": (B, 1, 80, self.info.mel_frames), "frames": (B, 3, S, S)}
         self._host, self._dev = {}, {}
         for name, shape in shapes.items():
             dtype = _torch_dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
@@ -216,7 +216,7 @@ class TensorRTBackend:
             d["faces"][:n].copy_(h["faces"][:n], non_blocking=True)
             d["mels"][:n].copy_(h["mels"][:n], non_blocking=True)
             self._context.set_input_shape("faces", (n, 6, S, S))
-            self._context.set_input_shape("mels", (n, 1, 80, 16))
+            self._context.set_input_shape("mels", (n, 1, 80, self.info.mel_frames))
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise BackendError("TensorRT failed to run the engine (see its log above)")
             h["frames"][:n].copy_(d["frames"][:n], non_blocking=True)
@@ -251,9 +251,9 @@ class TensorRTBackend:
     def run(self, faces: np.ndarray, mels: np.ndarray) -> np.ndarray:
         faces = np.ascontiguousarray(faces, dtype=np.float32)
         mels = np.ascontiguousarray(mels, dtype=np.float32)
-        if faces.shape[1:] != (6, self.info.size, self.info.size) or mels.shape[1:] != (1, 80, 16):
-            raise ValueError(f"expected faces [k,6,{self.info.size},{self.info.size}] and mels [k,1,80,16], "
-                             f"got {faces.shape} and {mels.shape}")
+        S, M = self.info.size, self.info.mel_frames
+        if faces.shape[1:] != (6, S, S) or mels.shape[1:] != (1, 80, M):
+            raise ValueError(f"expected faces [k,6,{S},{S}] and mels [k,1,80,{M}], got {faces.shape} and {mels.shape}")
         parts = [self._run(faces[i:i + self.max_batch], mels[i:i + self.max_batch])
                  for i in range(0, len(faces), self.max_batch)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

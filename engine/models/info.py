@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from engine.audio import MEL_WINDOW
+
 
 @dataclass(frozen=True)
 class GeneratorInfo:
@@ -22,6 +24,10 @@ class GeneratorInfo:
         :func:`engine.face.crop_box`: ``"square"`` or ``"wav2lip"``.
     identity_lips: the model also takes the held identity reference's lip
         and jaw points (``engine.inputs``; our ``lip_sketch`` generators).
+    mel_context: mel frames (12.5 ms each) before the 0.2 s window that the
+        model also takes: its mel input is ``[N, 1, 80, 16 + mel_context]``,
+        the frame's own window last (``engine.audio.mel_window``); past audio
+        only, so the lookahead does not change. 0: the window alone.
     """
 
     kind: Literal["dubcam", "wav2lip"]
@@ -30,6 +36,12 @@ class GeneratorInfo:
     identity: Literal["held", "current"]
     crop: Literal["square", "wav2lip"]
     identity_lips: bool = False
+    mel_context: int = 0
+
+    @property
+    def mel_frames(self) -> int:
+        """Width of the model's mel input: the 16 frames of the window and :attr:`mel_context` before them."""
+        return MEL_WINDOW + self.mel_context
 
     @property
     def lookahead_s(self) -> float:
