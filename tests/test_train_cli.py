@@ -77,7 +77,7 @@ def test_configs_and_defaults_fit_the_schema():
 
     assert train.run.DEFAULTS is DEFAULTS and validate(DEFAULTS) == DEFAULTS
     assert DEFAULTS["model"] == {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain",
-                                 "lip_sketch": False, "lip_predictor": "bottleneck"}
+                                 "lip_sketch": False, "lip_predictor": "bottleneck", "lip_context": 0}
     assert (DEFAULTS["audio_encoder"], DEFAULTS["augment"], DEFAULTS["disc_region"], DEFAULTS["loss"]["grad"]) == \
            ("expert", False, "face", 0.0)
     for path in sorted((ROOT / "configs").glob("*.yaml")):

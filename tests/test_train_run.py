@@ -204,7 +204,7 @@ def test_configs_are_the_paper_recipe_and_its_ablation():
     assert paper["loss"]["l1"] == 10.0 and paper["loss"]["perceptual"] == 1.0 and paper["loss"]["sync"] == 0.5
     assert paper["lr"] == 1e-4 and paper["sync"]["kind"] == "avhubert"
     assert paper["model"] == {"size": 96, "width": 1.0, "audio": "expert", "decoder": "plain", "lip_sketch": False,
-                              "lip_predictor": "bottleneck"}
+                              "lip_predictor": "bottleneck", "lip_context": 0}
     assert paper["audio_encoder"] == "expert"  # §3.2: SyncNet's audio encoder, frozen
     kinds = {}
     for path in sorted((ROOT / "configs").glob("paper_lrs2_*.yaml")):
