@@ -15,6 +15,19 @@ def pipeline(small_generator):
     p.close()
 
 
+class Recording:
+    """A backend that keeps the inputs of every call (``faces``, ``mels``: lists of arrays) and runs ``backend``."""
+
+    def __init__(self, backend):
+        self.backend, self.info = backend, backend.info
+        self.faces, self.mels = [], []
+
+    def run(self, faces, mels):
+        self.faces.append(faces.copy())
+        self.mels.append(mels.copy())
+        return self.backend.run(faces, mels)
+
+
 def nose_tip_y(frames, fps=25.0):
     """The y (frame pixels) of the nose tip (point 1) in the last of ``frames``, tracked as the pipeline does."""
     from engine.face import FaceTracker
@@ -147,23 +160,14 @@ def test_lip_sketch_generator_gets_the_identity_references_lip_points_in_each_fr
 
     frames, audio = grid_frames
     gen = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", lip_sketch=True)).eval()
-    seen = []
-
-    class Recording:  # the torch backend, recording its inputs
-        def __init__(self, backend):
-            self.backend, self.info = backend, backend.info
-
-        def run(self, faces, mels):
-            seen.append(faces.copy())
-            return self.backend.run(faces, mels)
-
-    p = Pipeline(Recording(backends.load(gen, "torch")), PipelineConfig(chunk=5))
+    recording = Recording(backends.load(gen, "torch"))
+    p = Pipeline(recording, PipelineConfig(chunk=5))
     try:
         out = feed(p, frames[:10], audio[: 10 * 640])
     finally:
         p.close()
     assert len(out) == 10 and all(f.generated for f, _ in out)
-    sent = np.concatenate(seen)[:, 0:2, -1, :66].transpose(0, 2, 1).reshape(-1, 2, 33, 2)
+    sent = np.concatenate(recording.faces)[:, 0:2, -1, :66].transpose(0, 2, 1).reshape(-1, 2, 33, 2)
     with FaceTracker() as tracker:  # the same tracking as the pipeline's; the identity: the first face
         faces = [tracker.track(frame, i / 25.0) for i, frame in enumerate(frames[:len(sent)])]
     boxes = np.array([box_pixels(f.box) for f in faces], np.float64)
@@ -210,24 +214,15 @@ def test_generator_with_past_audio_gets_the_window_and_the_past_before_it(grid_f
     frames, audio = grid_frames
     gen = Generator(GeneratorConfig(size=96, width=0.125, audio="expert", lip_sketch=True, lip_predictor="resting",
                                     lip_context=3)).eval()
-    seen = []
-
-    class Recording:  # the ONNX Runtime backend, recording the mel inputs
-        def __init__(self, backend):
-            self.backend, self.info = backend, backend.info
-
-        def run(self, faces, mels):
-            seen.append(mels.copy())
-            return self.backend.run(faces, mels)
-
-    p = Pipeline(Recording(backends.load(gen, "onnxruntime")), PipelineConfig(chunk=5))
+    recording = Recording(backends.load(gen, "onnxruntime"))
+    p = Pipeline(recording, PipelineConfig(chunk=5))
     try:
         out = feed(p, frames[:30], audio[: 30 * 640])
     finally:
         p.close()
     assert len(out) == 30 and all(f.generated for f, _ in out)
     assert p.info.lookahead_s == pytest.approx(0.125)
-    mels = np.concatenate(seen)[:, 0]
+    mels = np.concatenate(recording.mels)[:, 0]
     assert mels.shape == (30, 80, 35)
     batch = melspectrogram(audio[: 30 * 640])
     for i in (0, 3, 20):  # the batch mel's windows (the stream's mel equals it within 2e-6 before its end)
