@@ -309,6 +309,23 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise RuntimeError(f"the service did not listen on {port} within {timeout:g} s")
 
 
+def stop_service(server: subprocess.Popen) -> bool:
+    """SIGTERM ``server`` and wait up to 20 s for it, else kill it; False when it had to be killed."""
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+        return True
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return False
+
+
+def model_args(args) -> list[str]:
+    """The ``realtime`` options of ``args.checkpoint`` and ``args.backend`` (none for what is not set)."""
+    return (["--checkpoint", str(args.checkpoint)] if args.checkpoint else []) + (
+        ["--backend", args.backend] if args.backend else [])
+
+
 @dataclass
 class Phase:
     """Samples and verdicts of one phase."""
@@ -341,11 +358,7 @@ def soak_serve(args, model: list[str], logs: Path) -> Phase:
         wait_port(port, server)
         asyncio.run(_drive_serve(args, url, server.pid, phase))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        if not stop_service(server):
             phase.problems.append("the service did not stop within 20 s of SIGTERM")
     return phase
 
@@ -602,9 +615,7 @@ def run_glass(argv: list[str]) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     cmd = [*REALTIME, "serve", "--webrtc", "--port", str(port), "--max-sessions", "1"]
-    cmd += (["--checkpoint", str(args.checkpoint)] if args.checkpoint else []) + (
-        ["--backend", args.backend] if args.backend else []) + (
-        ["--latency", str(args.latency)] if args.latency else [])
+    cmd += model_args(args) + (["--latency", str(args.latency)] if args.latency else [])
     stamps, seen = FrameStamps(), []
 
     async def drive() -> Call:
@@ -629,11 +640,7 @@ def run_glass(argv: list[str]) -> int:
         print(f"soak glass: error: {e}", file=sys.stderr)
         return 1
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_service(server)
     rtt = np.array(stamps.rtt_s) * 1000
     if not result.held or rtt.size == 0:
         print(f"soak glass: no numbered frame came back ({result.error or f'{result.frames} frames'})",
@@ -692,8 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint is not None and not args.checkpoint.exists():
         print(f"soak: error: {args.checkpoint} does not exist", file=sys.stderr)
         return 2
-    model = (["--checkpoint", str(args.checkpoint)] if args.checkpoint else []) + (
-        ["--backend", args.backend] if args.backend else [])
+    model = model_args(args)
     args.logs.mkdir(parents=True, exist_ok=True)
     phases = []
     try:

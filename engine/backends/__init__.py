@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from engine.audio import MEL_WINDOW
 from engine.inputs import generator_input
 from engine.models.info import GeneratorInfo
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 KINDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
-def example_inputs(n: int, size: int, seed: int = 0, mel_frames: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def example_inputs(n: int, size: int, seed: int = 0, mel_frames: int = MEL_WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """Random generator inputs: faces ``[n,6,S,S]`` in [0, 1] (pose lower half zeroed), mels
     ``[n,1,80,mel_frames]`` (``GeneratorInfo.mel_frames``) in [-4, 4].
 
