@@ -12,7 +12,8 @@ Watermark (:func:`mask_blocks`, :func:`embed_watermark`, :func:`read_watermark`)
     :data:`STRENGTH`, and the bit of a block is fixed by its place on the
     frame's 8-pixel grid (:data:`KEY`, a 64×64 tile of bits), so a reader
     that finds the mouth again on its own finds the bits without knowing
-    the crop. The per-block arithmetic is the library's
+    the crop; U and V carry independent bits (two key planes), which doubles the
+    independent votes that a face gives. The per-block arithmetic is the library's
     (``EmbedDwtDctSvd.diffuse_dct_svd`` / ``infer_dct_svd``), done for all
     blocks at once: the largest singular value of a block's orthonormal
     DCT is that of the block itself, so the DCT drops out (a test checks
@@ -21,7 +22,7 @@ Watermark (:func:`mask_blocks`, :func:`embed_watermark`, :func:`read_watermark`)
 
     Reading (:func:`read_watermark`) tracks the face in each frame, reads
     the blocks well inside the same mask (:data:`READ_MASK_LEVEL`), sums
-    the soft votes of each cell of :data:`KEY` over all blocks and frames,
+    the soft votes of each cell of :data:`KEY` (plane, row, column) over all blocks and frames,
     and tests the signed ranks of the sums against chance
     (:class:`WatermarkReport`).
 
@@ -56,15 +57,18 @@ import numpy as np
 
 GRID = 8
 """Frame pixels per watermark block side (a 4×4 block of the Haar LL band)."""
-STRENGTH = 66.0
+STRENGTH = 72.0
 """Quantisation step of the largest singular value (invisible-watermark's default is 36). The largest
 singular value of a flat block is 8× its mean pixel, and the rule moves it by up to 0.75 steps, so a
-block's mean U and V move by up to 6 levels (2.6 on average): faint chroma mottle in flat skin when
-zoomed in. Bits read right on GRID clips after `realtime run` and a CRF 28 re-encode: 55 % at 36 (U
-plane only), 57 % at 48, 66–68 % at 60, 72 % at 66, 75 % at 72; 66 keeps the verdict's p-value of a
-4 s GRID output below 1e-8 there."""
+block's mean U and V move by up to 6.75 levels at 72 (2.8 on average): faint chroma mottle in flat skin
+when zoomed in (by eye on the demo's mouth crops, no more at 72 than at 66). Bits read right on GRID clips after `realtime run` and a CRF 28 re-encode: 55 % at 36 (U
+plane only), 57 % at 48, 66–68 % at 60, 72 % at 66, 75 % at 72 (the bundled model of 2026-12-03). With
+today's model and one key plane each for U and V, a 4 s GRID output re-encoded at CRF 28 reads 63–64 % at
+66 (p 2e-9 to 1e-8 over four runs; one GRID clip of `tools.disclosure_table` fell to 1e-5) and 65–70 %
+at 72 (p ≤ 2e-9 on all six GRID clips)."""
 CHANNELS = (1, 2)
-"""YUV planes that carry the bits: U and V (H.264 keeps a block's chroma well, and the eye sees it least)."""
+"""YUV planes that carry the bits: U and V (H.264 keeps a block's chroma well, and the eye sees it least),
+each its own plane of :data:`KEY`."""
 EMBED_MASK_LEVEL = 0.5
 """A block is marked when the paste mask (times the fade) is at least this everywhere in it."""
 READ_MASK_LEVEL = 0.75
@@ -73,8 +77,9 @@ the marked region, so that a slightly different track still reads marked blocks)
 DETECT_P = 1e-6
 """Verdict "watermarked" when the chance that an unmarked video scores as high is below this (see
 :class:`WatermarkReport`: the bits of :data:`KEY` are independent of the picture)."""
-MIN_BLOCKS = 32
-"""Fewest voted key cells for a verdict (fewer: too little face to tell, reported as not found)."""
+MIN_CELLS = 64
+"""Fewest voted key cells for a verdict, two per block (U and V): 32 blocks (fewer: too little face to
+tell, reported as not found)."""
 RADEMACHER_TAIL = 3.1787
 """``1 / (4 P(Z ≥ √2))``: a weighted sum S of independent random signs with Σ a² = 1 has
 P(S ≥ x) ≤ this × P(Z ≥ x) for every x (Bentkus & Dzindzalieta 2015, "A tight Gaussian bound for
@@ -82,8 +87,13 @@ weighted sums of Rademacher random variables", Bernoulli 21(2)): :func:`signed_r
 beyond :data:`EXACT_CELLS` cells."""
 EXACT_CELLS = 500
 """Up to this many key cells :func:`signed_rank_p` computes the signed-rank null exactly (0.1 s at 500)."""
-KEY = np.random.default_rng(int.from_bytes(b"dubcam", "big")).integers(0, 2, (64, 64)).astype(np.uint8)
-"""The mark: the bit of the block at grid row ``r``, column ``c`` is ``KEY[r % 64, c % 64]``."""
+KEY = np.random.default_rng(int.from_bytes(b"dubcam", "big")).integers(0, 2, (len(CHANNELS), 64, 64)).astype(np.uint8)
+"""The mark: the bit that plane ``CHANNELS[i]`` of the block at grid row ``r``, column ``c`` carries is
+``KEY[i, r % 64, c % 64]``. Independent bits for U and V: the H.264 re-encode that decides whether a bit
+survives (a clip's one I-frame, then prediction from it) errs alike on every frame of a still face, so a
+cell's votes over frames are not independent draws; U and V of one block err far less alike. On a 4 s
+GRID output re-encoded at CRF 28 (four runs each), one bit for both planes gave p 2e-8 to 5e-7, one per
+plane 2e-9 to 1e-8."""
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 """IPTC digital source type of the edit (C2PA 2.x, ``c2pa.edited``'s ``digitalSourceType``)."""
 TOOL = "dubcam"
@@ -163,8 +173,10 @@ def embed_watermark(frame: np.ndarray, blocks: np.ndarray, inplace: bool = False
         return out
     (r0, r1, c0, c1), yuv = found
     sel = blocks[r0:r1, c0:c1]
-    bits = KEY[np.arange(r0, r1)[:, None] % 64, np.arange(c0, c1)[None, :] % 64][sel]
-    for ch in CHANNELS:
+    rr, cc = np.nonzero(sel)
+    rr, cc = (rr + r0) % 64, (cc + c0) % 64
+    for plane, ch in enumerate(CHANNELS):
+        bits = KEY[plane, rr, cc]
         view, ll, details = _ll_blocks(yuv[..., ch])
         x = view[sel]  # [n, 4, 4]
         u, s, vt = np.linalg.svd(x)
@@ -183,32 +195,32 @@ def embed_watermark(frame: np.ndarray, blocks: np.ndarray, inplace: bool = False
 
 
 def read_blocks(frame: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the grid blocks ``blocks`` of ``frame`` say: ``(flat block index, vote, match)``, one per block.
+    """What the grid blocks ``blocks`` of ``frame`` say: ``(cell, vote, match)``, each ``[n, len(CHANNELS)]``.
 
-    For each of :data:`CHANNELS` the residue ``r = (s0 mod scale) / scale`` of a block's largest
-    singular value is read; ``EmbedDwtDctSvd.infer_dct_svd`` reads bit 1 where ``r > 1/2``.
-    ``match``: the fraction of channels whose bit is :data:`KEY`'s. ``vote``: in [-1, 1], the
-    mean over channels of ``cos(2π(r - 1/4))`` (+1 on bit 0's lattice point, -1 on bit 1's, 0
-    half-way), its sign turned by the key bit: a soft read, which counts a read near the
-    decision boundary less. Flipping a block's key bit negates its vote. The flat index is
-    ``row · (W // GRID) + col``.
+    One row per selected block, one column per plane of :data:`CHANNELS`. The residue
+    ``r = (s0 mod scale) / scale`` of the largest singular value of the block's LL band in that
+    plane is read; ``EmbedDwtDctSvd.infer_dct_svd`` reads bit 1 where ``r > 1/2``. ``match``
+    (bool): the bit read is :data:`KEY`'s. ``vote`` (float in [-1, 1]): ``cos(2π(r - 1/4))``
+    (+1 on bit 0's lattice point, -1 on bit 1's, 0 half-way), its sign turned by the key bit: a
+    soft read, which counts a read near the decision boundary less; flipping a key bit negates
+    its vote. ``cell`` (int64): the flat index of the key bit in :data:`KEY`
+    (``plane · 4096 + (row % 64) · 64 + col % 64``).
     """
     found = _region(frame, blocks)
+    n = len(CHANNELS)
     if found is None:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        return np.zeros((0, n), np.int64), np.zeros((0, n)), np.zeros((0, n), bool)
     (r0, r1, c0, c1), yuv = found
     sel = blocks[r0:r1, c0:c1]
     rr, cc = np.nonzero(sel)
-    rr, cc = rr + r0, cc + c0
-    sign = np.where(KEY[rr % 64, cc % 64] == 0, 1.0, -1.0)
-    votes, match = np.zeros(rr.size), np.zeros(rr.size)
-    for ch in CHANNELS:
+    rr, cc = (rr + r0) % 64, (cc + c0) % 64
+    cells = np.ravel_multi_index((np.arange(n)[None, :], rr[:, None], cc[:, None]), KEY.shape)
+    votes = np.zeros((rr.size, n))
+    for plane, ch in enumerate(CHANNELS):
         view, _, _ = _ll_blocks(yuv[..., ch])
         s0 = np.linalg.svd(view[sel], compute_uv=False)[:, 0]
-        v = sign * np.cos(2 * np.pi * (s0 / STRENGTH - 0.25))
-        votes += v
-        match += v > 0
-    return rr * blocks.shape[1] + cc, votes / len(CHANNELS), match / len(CHANNELS)
+        votes[:, plane] = np.where(KEY[plane, rr, cc] == 0, 1.0, -1.0) * np.cos(2 * np.pi * (s0 / STRENGTH - 0.25))
+    return cells, votes, votes > 0
 
 
 def signed_rank_p(sums: np.ndarray) -> float:
@@ -251,29 +263,30 @@ def signed_rank_p(sums: np.ndarray) -> float:
 class WatermarkReport:
     """What :func:`read_watermark` found.
 
-    frames: frames read; faces: frames with a face; reads: block reads;
-    bit_accuracy: fraction of block reads that match :data:`KEY` (0.5 when
-    unmarked); blocks: distinct cells of :data:`KEY` voted on (one per grid
-    block unless the face spans more than the key's 64-block tile);
+    frames: frames read; faces: frames with a face; reads: bit reads (two
+    per block: U and V); bit_accuracy: fraction of bit reads that match
+    :data:`KEY` (0.5 when unmarked); cells: distinct cells of :data:`KEY`
+    voted on (two per grid block unless the face spans more than the key's
+    64-block tile);
     vote_accuracy: fraction of them whose vote (summed over all their blocks
     and frames) matches; p_value: a bound on the chance that an unmarked
     video scores as high (:func:`signed_rank_p`: flipping a cell's key bit
     flips its vote, so in an unmarked video each vote's sign is a fair coin
     whatever the picture); present: the verdict (``p_value < DETECT_P``
-    with at least :data:`MIN_BLOCKS` cells).
+    with at least :data:`MIN_CELLS` cells).
     """
 
     frames: int = 0
     faces: int = 0
     reads: int = 0
     bit_accuracy: float = 0.5
-    blocks: int = 0
+    cells: int = 0
     vote_accuracy: float = 0.5
     p_value: float = 1.0
 
     @property
     def present(self) -> bool:
-        return self.blocks >= MIN_BLOCKS and self.p_value < DETECT_P
+        return self.cells >= MIN_CELLS and self.p_value < DETECT_P
 
     @property
     def confidence(self) -> float:
@@ -287,7 +300,8 @@ def read_watermark(frames, max_frames: int = 300) -> WatermarkReport:
     Each frame's face is tracked (MediaPipe, ``engine.face.FaceTracker``), its mask blocks at
     :data:`READ_MASK_LEVEL` are read (:func:`read_blocks`), and every cell of :data:`KEY` gets the
     sum of the (soft) votes of its blocks over the first ``max_frames`` frames (cells, not blocks:
-    two blocks of one cell carry the same bit, so only cells are independent under the null); a
+    two blocks of one cell carry the same bit, so only cells are independent under the null; U and V
+    of a block are two cells); a
     cell matches when its sum is positive, ties count half; the verdict is :func:`signed_rank_p`'s.
     """
     from engine.face import FaceTracker
@@ -305,17 +319,16 @@ def read_watermark(frames, max_frames: int = 300) -> WatermarkReport:
                 continue
             rep.faces += 1
             blocks = mask_blocks(face.landmarks, face.box, frame.shape, READ_MASK_LEVEL)
-            idx, votes, match = read_blocks(frame, blocks)
+            cells, votes, match = read_blocks(frame, blocks)
             rep.reads += votes.size
             matched += float(match.sum())
-            rows, cols = np.divmod(idx, blocks.shape[1])
-            for i, v in zip(((rows % 64) * 64 + cols % 64).tolist(), votes.tolist()):
+            for i, v in zip(cells.ravel().tolist(), votes.ravel().tolist()):
                 sums[i] = sums.get(i, 0.0) + v
     if rep.reads:
         rep.bit_accuracy = matched / rep.reads
     if sums:
         v = np.array(list(sums.values()))
-        rep.blocks, rep.vote_accuracy = v.size, float((v > 0).sum() + 0.5 * (v == 0).sum()) / v.size
+        rep.cells, rep.vote_accuracy = v.size, float((v > 0).sum() + 0.5 * (v == 0).sum()) / v.size
         rep.p_value = signed_rank_p(v)
     return rep
 

@@ -48,12 +48,15 @@ def test_embedding_is_invisible_watermarks_method_and_stays_inside_the_paste_mas
     assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
     mask = landmark_mask(face.landmarks, Box(0, 0, w, h), (h, w))
     assert mask[changed].min() >= P.EMBED_MASK_LEVEL - 0.15
-    # the library's own reader finds the key's bits in the marked blocks (U plane, LL band, 4x4 blocks)
+    # the library's own reader finds the key's bits in the marked blocks (LL band, 4x4 blocks): U carries the
+    # first key plane, V the second, and the two planes differ
     lib = EmbedDwtDctSvd()
-    ll, _ = pywt.dwt2(cv2.cvtColor(marked, cv2.COLOR_RGB2YUV)[..., 1].astype(np.float64), "haar")
     rows, cols = np.nonzero(blocks)
-    read = [lib.infer_dct_svd(ll[4 * r: 4 * r + 4, 4 * c: 4 * c + 4], P.STRENGTH) for r, c in zip(rows, cols)]
-    assert np.mean(np.array(read) == P.KEY[rows % 64, cols % 64]) > 0.9  # < 1: rounding to uint8
+    for plane, ch in enumerate(P.CHANNELS):
+        ll, _ = pywt.dwt2(cv2.cvtColor(marked, cv2.COLOR_RGB2YUV)[..., ch].astype(np.float64), "haar")
+        read = [lib.infer_dct_svd(ll[4 * r: 4 * r + 4, 4 * c: 4 * c + 4], P.STRENGTH) for r, c in zip(rows, cols)]
+        assert np.mean(np.array(read) == P.KEY[plane, rows % 64, cols % 64]) > 0.9  # < 1: rounding to uint8
+    assert 0.4 < np.mean(P.KEY[0] == P.KEY[1]) < 0.6
     # and our block update is the library's diffuse_dct_svd
     rng = np.random.default_rng(0)
     x = rng.uniform(100, 160, (4, 4))

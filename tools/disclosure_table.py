@@ -115,11 +115,11 @@ def main(argv=None) -> int:
         good = dubbed == want
         ok &= good
         rows.append(f"{name:28s} {kind:12s} {'dubbed' if dubbed else 'no marks':9s} {manifest:8s} "
-                    f"{100 * mark.bit_accuracy:6.1f} {100 * mark.vote_accuracy:6.1f} {mark.blocks:5d} "
+                    f"{100 * mark.bit_accuracy:6.1f} {100 * mark.vote_accuracy:6.1f} {mark.cells:5d} "
                     f"{mark.p_value:9.1e} {cost if cost is not None else float('nan'):6.2f} {'ok' if good else 'WRONG'}")
         print(rows[-1], flush=True)
 
-    print(f"{'file':28s} {'what':12s} {'verdict':9s} {'C2PA':8s} {'bit%':>6s} {'vote%':>6s} {'blks':>5s} "
+    print(f"{'file':28s} {'what':12s} {'verdict':9s} {'C2PA':8s} {'bit%':>6s} {'vote%':>6s} {'cells':>5s} "
           f"{'p':>9s} {'ms/fr':>6s}")
     for clip in sorted((args.data / "video").iterdir()):
         out = args.out / f"{clip.stem}.mp4"
