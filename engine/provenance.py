@@ -61,11 +61,12 @@ STRENGTH = 72.0
 """Quantisation step of the largest singular value (invisible-watermark's default is 36). The largest
 singular value of a flat block is 8× its mean pixel, and the rule moves it by up to 0.75 steps, so a
 block's mean U and V move by up to 6.75 levels at 72 (2.8 on average): faint chroma mottle in flat skin
-when zoomed in (by eye on the demo's mouth crops, no more at 72 than at 66). Bits read right on GRID clips after `realtime run` and a CRF 28 re-encode: 55 % at 36 (U
-plane only), 57 % at 48, 66–68 % at 60, 72 % at 66, 75 % at 72 (the bundled model of 2026-12-03). With
-today's model and one key plane each for U and V, a 4 s GRID output re-encoded at CRF 28 reads 63–64 % at
-66 (p 2e-9 to 1e-8 over four runs; one GRID clip of `tools.disclosure_table` fell to 1e-5) and 65–70 %
-at 72 (p ≤ 2e-9 on all six GRID clips)."""
+when zoomed in (by eye on the demo's mouth crops, no more at 72 than at 66). Bits read right on GRID
+clips after `realtime run` and a CRF 28 re-encode: 55 % at 36 (U plane only), 57 % at 48, 66–68 % at
+60, 72 % at 66, 75 % at 72 (the bundled model of 2026-12-03). With today's model and one key plane each
+for U and V, a 4 s GRID output re-encoded at CRF 28 reads 63–64 % at 66 (p 2e-9 to 1e-8 over four runs;
+one GRID clip of `tools.disclosure_table` fell to 1e-5) and 65–70 % at 72 (p ≤ 2e-9 on all six GRID
+clips)."""
 CHANNELS = (1, 2)
 """YUV planes that carry the bits: U and V (H.264 keeps a block's chroma well, and the eye sees it least),
 each its own plane of :data:`KEY`."""
@@ -156,6 +157,17 @@ def _ll_blocks(plane: np.ndarray):
     return ll.reshape(ll.shape[0] // b, b, ll.shape[1] // b, b).swapaxes(1, 2), ll, details
 
 
+def _key_bits(sel: np.ndarray, r0: int, c0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The key cells of the selected blocks ``sel`` of a region at grid row ``r0``, column ``c0``.
+
+    Returns ``(rows, cols, bits)``: the blocks' rows and columns on the key's 64×64 tile (``[n]``
+    int) and their bits, ``[n, len(CHANNELS)]`` uint8 (:data:`KEY`), blocks in ``np.nonzero`` order.
+    """
+    rr, cc = np.nonzero(sel)
+    rr, cc = (rr + r0) % 64, (cc + c0) % 64
+    return rr, cc, KEY[:, rr, cc].T
+
+
 def embed_watermark(frame: np.ndarray, blocks: np.ndarray, inplace: bool = False) -> np.ndarray:
     """Mark the grid blocks ``blocks`` (:func:`mask_blocks`) of ``frame``.
 
@@ -173,17 +185,15 @@ def embed_watermark(frame: np.ndarray, blocks: np.ndarray, inplace: bool = False
         return out
     (r0, r1, c0, c1), yuv = found
     sel = blocks[r0:r1, c0:c1]
-    rr, cc = np.nonzero(sel)
-    rr, cc = (rr + r0) % 64, (cc + c0) % 64
+    _, _, bits = _key_bits(sel, r0, c0)
     for plane, ch in enumerate(CHANNELS):
-        bits = KEY[plane, rr, cc]
         view, ll, details = _ll_blocks(yuv[..., ch])
         x = view[sel]  # [n, 4, 4]
         u, s, vt = np.linalg.svd(x)
         s0 = s[:, 0]
         # EmbedDwtDctSvd.diffuse_dct_svd: s0 -> (s0 // scale + 0.25 + 0.5·bit)·scale, on the block's
         # orthonormal DCT, whose singular values and (rotated) vectors are the block's own
-        target = (np.floor(s0 / STRENGTH) + 0.25 + 0.5 * bits) * STRENGTH
+        target = (np.floor(s0 / STRENGTH) + 0.25 + 0.5 * bits[:, plane]) * STRENGTH
         view[sel] = x + (target - s0)[:, None, None] * (u[:, :, 0, None] * vt[:, 0, None, :])
         yuv[..., ch] = pywt.idwt2((ll, details), "haar")
     np.rint(yuv, out=yuv)
@@ -212,14 +222,13 @@ def read_blocks(frame: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.n
         return np.zeros((0, n), np.int64), np.zeros((0, n)), np.zeros((0, n), bool)
     (r0, r1, c0, c1), yuv = found
     sel = blocks[r0:r1, c0:c1]
-    rr, cc = np.nonzero(sel)
-    rr, cc = (rr + r0) % 64, (cc + c0) % 64
+    rr, cc, bits = _key_bits(sel, r0, c0)
     cells = np.ravel_multi_index((np.arange(n)[None, :], rr[:, None], cc[:, None]), KEY.shape)
     votes = np.zeros((rr.size, n))
     for plane, ch in enumerate(CHANNELS):
         view, _, _ = _ll_blocks(yuv[..., ch])
-        s0 = np.linalg.svd(view[sel], compute_uv=False)[:, 0]
-        votes[:, plane] = np.where(KEY[plane, rr, cc] == 0, 1.0, -1.0) * np.cos(2 * np.pi * (s0 / STRENGTH - 0.25))
+        votes[:, plane] = np.cos(2 * np.pi * (np.linalg.svd(view[sel], compute_uv=False)[:, 0] / STRENGTH - 0.25))
+    votes *= np.where(bits == 0, 1.0, -1.0)
     return cells, votes, votes > 0
 
 

@@ -105,7 +105,7 @@ def cmd_verify(args) -> int:
         print("C2PA manifest: none" + (f" ({m.note})" if m.note else ""))
     print(f"watermark: {'present' if w.present else 'not found'}, confidence {w.confidence:.6f} "
           f"(p = {w.p_value:.2g}, needs < {DETECT_P:g}; {w.cells} key cells voted, {100 * w.vote_accuracy:.1f} % "
-          f"match; bit accuracy {100 * w.bit_accuracy:.1f} % over {w.reads} block reads in {w.faces} of "
+          f"match; bit accuracy {100 * w.bit_accuracy:.1f} % over {w.reads} bit reads in {w.faces} of "
           f"{w.frames} frames with a face)")
     print(f"verdict: {v.line}")
     return 0 if v.dubbed else 1

@@ -11,7 +11,7 @@ starting bitrate, 500 kbit/s, and at its highest, 1.5 Mbit/s, which its
 bandwidth estimate reaches on a good link: the frames a browser receives). Then
 :func:`engine.provenance.verify` on each, on the untouched clip and on the
 bundled demo photo. Prints one row per file: verdict, manifest state,
-watermark bit accuracy (block reads), voted accuracy, p-value, and the
+watermark bit accuracy (bit reads: U and V of each block), voted accuracy, p-value, and the
 embedding cost in ms per frame (mask + embed, measured on the clip's
 tracked faces, median). Exit status 0 when every output (and re-encode / VP8 hop)
 reads "dubbed" and every untouched input "no marks found", else 1.
